@@ -1,0 +1,42 @@
+# headrace: `make run` runs the nightly doc-embeddings job on sample data; `make test` runs the suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SAMPLE := data/sample
+OUTPUT := output/doc_embeddings
+# torch: the CPU build where there is no NVIDIA GPU (this machine's pip finds it on disk),
+# the default CUDA build from PyPI where there is one. Override with TORCH_SPEC=... or
+# add an index with TORCH_INDEX=<url of a torch wheel index>.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+
+export RAY_USAGE_STATS_ENABLED := 0
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+$(SAMPLE): | $(STAMP)
+	$(BIN)/headrace demo-data $(SAMPLE)
+
+run: $(STAMP) | $(SAMPLE)
+	$(BIN)/headrace submit pipelines/doc_embeddings.py --conf input=$(SAMPLE) --conf output=$(OUTPUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/doc_embeddings.py
+
+clean:
+	rm -rf $(VENV) output .pytest_cache

@@ -1,0 +1,31 @@
+"""headrace: declarative stages compiled into one Ray Data streaming graph."""
+
+from headrace.config import EngineConf
+from headrace.errors import ConfigError, ConservationError, HeadraceError, PipelineError
+from headrace.pipeline import Pipeline
+from headrace.sink import ParquetSink
+from headrace.source import Files, stable_id
+from headrace.stage import Stage, fixed_size_list, table_to_numpy
+
+__all__ = [
+    "ConfigError",
+    "ConservationError",
+    "EngineConf",
+    "Files",
+    "HeadraceError",
+    "ParquetSink",
+    "Pipeline",
+    "PipelineError",
+    "Stage",
+    "fixed_size_list",
+    "run",
+    "stable_id",
+    "table_to_numpy",
+]
+
+
+def run(pipeline, ds=None, engine=None, config=None):
+    """Run ``pipeline`` for logical date ``ds`` on Ray and publish its partition."""
+    from headrace.run import run as _run
+
+    return _run(pipeline, ds, engine, config)

@@ -1,0 +1,149 @@
+"""The one place that speaks Ray Data: a checked pipeline becomes a streaming Dataset.
+
+source blocks -> one map_batches per stage (tasks, or an actor pool for stages with a
+setup()) -> the schema check -> a Datasink whose write tasks stage Parquet files.
+Nothing is materialised in between and nothing but file metadata reaches the driver.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import pyarrow as pa
+import ray.data
+from ray.data import ActorPoolStrategy, Datasink
+
+from headrace.commit import PartitionCommit, StagedPart
+from headrace.errors import ConfigError
+from headrace.pipeline import Pipeline
+from headrace.records import ERROR, ERROR_TYPE, apply_stage
+from headrace.runtime import Cluster
+from headrace.stage import Stage
+from headrace.validation import validate_batch
+
+log = logging.getLogger("headrace")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How one stage runs on this cluster, decided once before the run."""
+
+    stage: str
+    actors: tuple[int, int] | None  # None: stateless tasks
+    cpus: float
+    gpus: float
+    device: str
+    threads: int
+    note: str = ""
+
+
+def place(pipeline: Pipeline, cluster: Cluster, require_gpu: bool = False) -> list[Placement]:
+    """Decide pools and resources for every stage; GPU stages fall back to CPU actors."""
+    placements = []
+    for stage in pipeline.stages:
+        bounds = stage.pool_bounds()
+        if stage.gpus and cluster.gpus >= stage.gpus:
+            most = max(1, int(cluster.gpus // stage.gpus)) if stage.gpus <= 1 else int(cluster.gpus // stage.gpus)
+            low, high = bounds or (1, most)
+            placements.append(Placement(stage.stage_name, (low, min(high, most)), stage.cpus, stage.gpus, "cuda", 1))
+        elif stage.gpus:
+            if require_gpu:
+                raise ConfigError(
+                    f"stage {stage.stage_name} needs gpus={stage.gpus:g} but the cluster has "
+                    f"{cluster.gpus:g} GPU(s) and a GPU is required"
+                )
+            # One torch thread per actor and one actor per core beats intra-op threading.
+            size = min(bounds[1] if bounds else cluster.cores, cluster.cores)
+            threads = max(1, cluster.cores // size)
+            note = (
+                f"stage {stage.stage_name} asks for gpus={stage.gpus:g} but the cluster has no GPU: "
+                f"running {size} CPU actor(s) with {threads} thread(s) each"
+            )
+            placements.append(Placement(stage.stage_name, (size, size), 1.0, 0.0, "cpu", threads, note))
+        elif stage.stateful:
+            low, high = bounds or (1, cluster.cores)
+            placements.append(Placement(stage.stage_name, (low, high), stage.cpus, 0.0, "cpu", max(1, int(stage.cpus))))
+        else:
+            placements.append(Placement(stage.stage_name, None, stage.cpus, 0.0, "cpu", max(1, int(stage.cpus))))
+    return placements
+
+
+class _StageActor:
+    """An actor holding one set-up copy of a stateful stage."""
+
+    def __init__(self, stage: Stage, schema: pa.Schema, keys: tuple[str, ...], device: str, threads: int):
+        stage.device, stage.threads = device, threads
+        stage.setup()
+        self.stage, self.schema, self.keys = stage, schema, keys
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return apply_stage(self.stage, batch, self.schema, self.keys)
+
+
+def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placement]):
+    """The streaming Dataset for ``inputs`` (a table of records from the source)."""
+    records = inputs.append_column(ERROR, pa.nulls(inputs.num_rows, ERROR_TYPE))
+    step = pipeline.source.files_per_block
+    blocks = [records.slice(i, step) for i in range(0, records.num_rows, step)]
+    dataset = ray.data.from_arrow(blocks)
+    for (stage, schema), placement in zip(pipeline.stage_schemas(), placements):
+        common = dict(
+            batch_size=stage.batch_size,
+            batch_format="pyarrow",
+            num_cpus=placement.cpus,
+            memory=stage.memory,
+            zero_copy_batch=True,
+        )
+        if placement.actors is None:
+            fn = functools.partial(apply_stage, stage, out_schema=schema, keys=pipeline.keys)
+            dataset = dataset.map_batches(fn, **common)
+        else:
+            low, high = placement.actors
+            dataset = dataset.map_batches(
+                _StageActor,
+                fn_constructor_kwargs=dict(
+                    stage=stage, schema=schema, keys=pipeline.keys,
+                    device=placement.device, threads=placement.threads,
+                ),
+                compute=ActorPoolStrategy(min_size=low, max_size=high),
+                num_gpus=placement.gpus or None,
+                **common,
+            )
+    if pipeline.schema is not None:
+        check = functools.partial(validate_batch, pipeline.schema, keys=pipeline.keys)
+        dataset = dataset.map_batches(check, batch_format="pyarrow", batch_size=None, num_cpus=0.5)
+    return dataset
+
+
+class StagedParquetDatasink(Datasink):
+    """Adapts PartitionCommit to Ray's Datasink: each write task stages its own files."""
+
+    def __init__(self, commit: PartitionCommit, rows_per_file: int):
+        self.commit = commit
+        self.rows_per_file = rows_per_file
+        self.parts: list[StagedPart] = []
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_file
+
+    def get_name(self) -> str:
+        return "StageParquet"
+
+    def write(self, blocks, ctx) -> StagedPart:
+        tables = [block for block in blocks if block.num_rows]
+        if not tables:
+            return StagedPart()
+        return self.commit.write_part(pa.concat_tables(tables), ctx.task_idx)
+
+    def on_write_complete(self, write_result) -> None:
+        self.parts = list(write_result.write_returns)
+
+
+def execute(pipeline: Pipeline, inputs: pa.Table, placements: list[Placement], commit: PartitionCommit) -> list[StagedPart]:
+    """Run the pipeline over ``inputs``, staging files; returns what every write task staged."""
+    sink = StagedParquetDatasink(commit, pipeline.sink.rows_per_file)
+    build_dataset(pipeline, inputs, placements).write_datasink(sink)
+    return sink.parts

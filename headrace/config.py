@@ -1,0 +1,215 @@
+"""Run configuration: defaults < properties file < environment < --conf < flags.
+
+Keys are the pipeline's own settings (the parameters of its ``pipeline`` function) and
+engine settings prefixed ``headrace.``. An unknown key is an error, found before Ray starts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+import yaml
+
+from headrace.errors import ConfigError
+from headrace.loader import PipelineFactory
+
+ENGINE_PREFIX = "headrace."
+
+
+@dataclass
+class EngineConf:
+    """Engine settings (conf keys ``headrace.<field>``; env ``HEADRACE_<FIELD>``)."""
+
+    master: str = "local"
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    name: str | None = None
+    require_gpu: bool = False
+    progress: bool = True
+    verbose: bool = False
+
+
+@dataclass
+class RunConf:
+    engine: EngineConf
+    settings: dict[str, Any]
+    ds: str
+    sources: dict[str, str] = field(default_factory=dict)  # key -> where its value came from
+
+    def as_dict(self) -> dict[str, Any]:
+        engine = {f"{ENGINE_PREFIX}{f.name}": getattr(self.engine, f.name) for f in fields(self.engine)}
+        return {**self.settings, **engine}
+
+
+def default_ds(today: dt.date | None = None) -> str:
+    today = today or dt.datetime.now(dt.timezone.utc).date()
+    return (today - dt.timedelta(days=1)).isoformat()
+
+
+def parse_ds(value: str | None) -> str:
+    if value is None:
+        return default_ds()
+    try:
+        return dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise ConfigError(f"--ds {value!r}: expected a date as YYYY-MM-DD") from None
+
+
+def parse_pairs(pairs: list[str], what: str = "--conf") -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{what} {pair!r}: expected KEY=VALUE")
+        out[key.strip()] = value
+    return out
+
+
+def parse_pipeline_args(args: list[str]) -> dict[str, str]:
+    """``-- --input x --batch-size=8`` after the pipeline: its settings, as flags."""
+    out, index = {}, 0
+    while index < len(args):
+        arg = args[index]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"pipeline argument {arg!r}: expected --name value or --name=value")
+        name, sep, value = arg[2:].partition("=")
+        if not sep:
+            if index + 1 >= len(args):
+                raise ConfigError(f"pipeline argument {arg!r} needs a value")
+            index += 1
+            value = args[index]
+        out[name.replace("-", "_")] = value
+        index += 1
+    return out
+
+
+def resolve(
+    factory: PipelineFactory,
+    *,
+    properties_file: str | None = None,
+    conf: Mapping[str, Any] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    ds: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> RunConf:
+    environ = os.environ if environ is None else environ
+    parameters = factory.parameters
+    hints = _hints(factory)
+    engine_hints = typing.get_type_hints(EngineConf)
+    known = {**{k: hints.get(k, str) for k in parameters}, **{ENGINE_PREFIX + k: t for k, t in engine_hints.items()}}
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    def apply(layer: Mapping[str, Any], origin: str) -> None:
+        for key, value in layer.items():
+            if key not in known:
+                raise ConfigError(_unknown(key, factory.name, list(parameters), origin))
+            values[key] = _coerce(key, value, known[key], origin)
+            sources[key] = origin
+
+    if properties_file:
+        apply(_read_properties(properties_file), f"properties file {properties_file}")
+    apply(_from_env(known, environ), "environment")
+    apply(conf or {}, "--conf")
+    apply({k: v for k, v in (flags or {}).items() if v is not None}, "flag")
+
+    settings = {}
+    for name, parameter in parameters.items():
+        if name in values:
+            settings[name] = values[name]
+        elif parameter.default is not parameter.empty:
+            settings[name] = parameter.default
+        else:
+            raise ConfigError(f"pipeline {factory.name} needs setting {name!r} (--conf {name}=...)")
+    engine = EngineConf(**{k[len(ENGINE_PREFIX):]: v for k, v in values.items() if k.startswith(ENGINE_PREFIX)})
+    day = parse_ds(ds)
+    settings = {k: v.replace("{ds}", day) if isinstance(v, str) else v for k, v in settings.items()}
+    return RunConf(engine=engine, settings=settings, ds=day, sources=sources)
+
+
+def _hints(factory: PipelineFactory) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(factory.target)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: treat values as given
+        return {}
+
+
+def _env_name(key: str) -> str:
+    if key.startswith(ENGINE_PREFIX):
+        return "HEADRACE_" + re.sub(r"\W", "_", key[len(ENGINE_PREFIX):]).upper()
+    return "HEADRACE_CONF_" + re.sub(r"\W", "_", key).upper()
+
+
+def _from_env(known: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    return {key: environ[_env_name(key)] for key in known if _env_name(key) in environ}
+
+
+def _read_properties(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle) or {}
+    except OSError as exc:
+        raise ConfigError(f"properties file {path!r}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"properties file {path!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"properties file {path!r} must hold a mapping of KEY: VALUE")
+    return _flatten(data)
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _unknown(key: str, name: str, parameters: list[str], origin: str) -> str:
+    takes = ", ".join(parameters) or "no settings"
+    return f"unknown conf key {key!r} (from {origin}); pipeline {name} takes {takes}; engine keys start with {ENGINE_PREFIX}"
+
+
+def _coerce(key: str, value: Any, hint: Any, origin: str) -> Any:
+    target, optional = _unwrap(hint)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("", "none", "null")):
+        if optional or target is Any:
+            return None
+        raise ConfigError(f"conf {key} (from {origin}) may not be empty")
+    if target in (Any, str) or target is None:
+        return value if target is Any else str(value)
+    try:
+        if target is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if target in (int, float):
+            if isinstance(value, bool):
+                raise ValueError
+            number = target(value)
+            return number
+    except ValueError:
+        raise ConfigError(f"conf {key}={value!r} (from {origin}): expected {target.__name__}") from None
+    return value
+
+
+def _unwrap(hint: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return (args[0] if len(args) == 1 else Any), True
+    return hint, False

@@ -1,0 +1,25 @@
+"""Exceptions that map to the CLI's exit codes."""
+
+
+class HeadraceError(Exception):
+    exit_code = 1
+
+
+class ConfigError(HeadraceError):
+    """Bad configuration or usage, found before any work starts (exit 2)."""
+
+    exit_code = 2
+
+
+class PipelineError(ConfigError):
+    """A pipeline that cannot run as declared (missing column, bad resources)."""
+
+
+class ConservationError(HeadraceError):
+    """The staged output does not account for every input; nothing is published."""
+
+
+class QualityGateError(HeadraceError):
+    """Too many records were quarantined; nothing is published (exit 3)."""
+
+    exit_code = 3

@@ -1,0 +1,158 @@
+"""A pipeline: source -> stages -> schema -> sink, checked when it is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+from headrace.errors import PipelineError
+from headrace.records import with_error_column
+from headrace.sink import ParquetSink
+from headrace.source import Files
+from headrace.stage import BATCH_FORMATS, Stage
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A declared pipeline. Building it checks the column contract and the resources.
+
+    ``schema`` is a pandera (polars) DataFrameSchema checked on every batch before it
+    is written; ``columns`` picks and orders the output columns (default: all).
+    """
+
+    name: str
+    source: Files
+    stages: Sequence[Stage]
+    sink: ParquetSink
+    schema: Any = None
+    columns: Sequence[str] | None = None
+    _schemas: list[pa.Schema] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(self.stages))
+        object.__setattr__(self, "_schemas", self._check())
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return self.source.keys
+
+    def stage_schemas(self) -> list[tuple[Stage, pa.Schema]]:
+        """Each stage with the schema of the batches it emits (error column included)."""
+        return list(zip(self.stages, self._schemas[1:]))
+
+    @property
+    def input_schema(self) -> pa.Schema:
+        return self._schemas[0]
+
+    @property
+    def record_schema(self) -> pa.Schema:
+        """The schema of batches reaching the schema check and the sink."""
+        return self._schemas[-1]
+
+    @property
+    def output_schema(self) -> pa.Schema:
+        """The schema every committed Parquet file of this pipeline has."""
+        final = self.record_schema
+        names = list(self.columns) if self.columns else [f.name for f in final if f.name != "_error"]
+        return pa.schema([final.field(n) for n in names])
+
+    def _check(self) -> list[pa.Schema]:
+        columns: dict[str, pa.DataType] = {f.name: f.type for f in self.source.schema}
+        schemas = [with_error_column(pa.schema(list(columns.items())))]
+        seen: set[str] = set()
+        for position, stage in enumerate(self.stages, start=1):
+            name = stage.stage_name
+            if name in seen:
+                raise PipelineError(f"two stages are named {name!r}; give one a distinct name")
+            seen.add(name)
+            _check_resources(stage)
+            for column in stage.needs:
+                if column not in columns:
+                    raise PipelineError(
+                        f"stage {name} (#{position}) needs column {column!r}, which no earlier "
+                        f"stage provides (available: {', '.join(columns)})"
+                    )
+            for column in stage.drops:
+                if column in self.keys:
+                    raise PipelineError(f"stage {name} may not drop key column {column!r}")
+                if column not in columns and column not in stage.adds:
+                    raise PipelineError(f"stage {name} drops column {column!r}, which does not exist")
+            for column, dtype in stage.adds.items():
+                if column in self.keys:
+                    raise PipelineError(f"stage {name} may not overwrite key column {column!r}")
+                if not isinstance(dtype, pa.DataType):
+                    raise PipelineError(f"stage {name}: column {column!r} needs an Arrow type")
+                columns[column] = dtype
+            for column in stage.drops:
+                columns.pop(column, None)
+            schemas.append(with_error_column(pa.schema(list(columns.items()))))
+        for column in list(self.columns or []) + list(_schema_columns(self.schema)):
+            if column not in columns:
+                raise PipelineError(
+                    f"output column {column!r} is produced by no stage (available: {', '.join(columns)})"
+                )
+        return schemas
+
+    def explain(self) -> str:
+        """The plan as text: stages, pools, resources, batch sizes, schema and sink."""
+        lines = [f"pipeline {self.name}", f"  source  {self.source.describe()}  -> {', '.join(self.keys)}"]
+        for index, stage in enumerate(self.stages, start=1):
+            lines.append(f"  {index:>2}. {stage.stage_name:<16} {_pool(stage):<22} {_resources(stage)}")
+            contract = []
+            if stage.needs:
+                contract.append("needs " + ", ".join(stage.needs))
+            if stage.adds:
+                contract.append("adds " + ", ".join(f"{c}: {t}" for c, t in stage.adds.items()))
+            if stage.drops:
+                contract.append("drops " + ", ".join(stage.drops))
+            if contract:
+                lines.append("      " + "; ".join(contract))
+        if self.schema is not None:
+            schema_name = getattr(self.schema, "name", None) or "schema"
+            lines.append(f"  schema  {schema_name}: {', '.join(_schema_columns(self.schema))}")
+        lines.append(f"  sink    {self.sink.describe()}")
+        lines.append("  output  " + ", ".join(f"{f.name}: {f.type}" for f in self.output_schema))
+        return "\n".join(lines)
+
+
+def _schema_columns(schema: Any) -> list[str]:
+    return list(getattr(schema, "columns", {}) or {})
+
+
+def _check_resources(stage: Stage) -> None:
+    name = stage.stage_name
+    if stage.cpus < 0 or stage.gpus < 0:
+        raise PipelineError(f"stage {name}: cpus and gpus must not be negative")
+    if stage.gpus > 1 and stage.gpus != int(stage.gpus):
+        raise PipelineError(f"stage {name}: gpus above 1 must be a whole number, got {stage.gpus}")
+    if stage.batch_size is not None and stage.batch_size < 1:
+        raise PipelineError(f"stage {name}: batch_size must be at least 1")
+    if stage.batch_format not in BATCH_FORMATS:
+        raise PipelineError(f"stage {name}: batch_format must be one of {', '.join(BATCH_FORMATS)}")
+    bounds = stage.pool_bounds()
+    if bounds is not None and not (1 <= bounds[0] <= bounds[1]):
+        raise PipelineError(f"stage {name}: concurrency must be n >= 1 or (min, max) with 1 <= min <= max")
+    if stage.gpus and not stage.stateful:
+        raise PipelineError(f"stage {name} asks for GPUs but has no setup(); GPU stages run on actors")
+
+
+def _pool(stage: Stage) -> str:
+    bounds = stage.pool_bounds()
+    if stage.stateful:
+        size = "auto" if bounds is None else (f"{bounds[0]}" if bounds[0] == bounds[1] else f"{bounds[0]}..{bounds[1]}")
+        return f"actors {size}"
+    return "tasks" if bounds is None else f"tasks <= {bounds[1]}"
+
+
+def _resources(stage: Stage) -> str:
+    parts = [f"cpus={stage.cpus:g}"]
+    if stage.gpus:
+        parts.append(f"gpus={stage.gpus:g}")
+    if stage.memory:
+        parts.append(f"memory={stage.memory / 2**30:.1f}GiB")
+    parts.append(f"batch={stage.batch_size or 'block'}")
+    if stage.batch_format != "arrow":
+        parts.append(stage.batch_format)
+    return " ".join(parts)

@@ -1,0 +1,140 @@
+"""Errors in-band: failed records travel as rows with an ``_error`` struct until the sink.
+
+A stage only ever sees healthy rows. When process() raises, the batch is split in
+halves until the failing records are isolated, so one bad record never costs its
+batch-mates; each failing record becomes an error row keyed by the source columns.
+"""
+
+from __future__ import annotations
+
+import traceback as tb
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from headrace.stage import Stage
+
+ERROR = "_error"
+ERROR_TYPE = pa.struct(
+    [
+        ("stage", pa.string()),
+        ("error_type", pa.string()),
+        ("message", pa.string()),
+        ("traceback", pa.string()),
+    ]
+)
+MAX_MESSAGE = 1000
+MAX_TRACEBACK = 2000
+
+
+class ContractError(RuntimeError):
+    """A stage returned a batch that breaks its declared column contract (a bug, not data)."""
+
+
+def with_error_column(schema: pa.Schema) -> pa.Schema:
+    return schema.append(pa.field(ERROR, ERROR_TYPE))
+
+
+def describe_exception(exc: BaseException) -> tuple[str, str, str]:
+    message = str(exc) or type(exc).__name__
+    frames = tb.format_exception(type(exc), exc, exc.__traceback__, limit=-4)
+    return type(exc).__name__, message[:MAX_MESSAGE], "".join(frames)[-MAX_TRACEBACK:]
+
+
+def error_rows(
+    rows: pa.Table,
+    schema: pa.Schema,
+    keys: tuple[str, ...],
+    stage: str,
+    error_type: str,
+    messages: list[str] | str,
+    traceback: str = "",
+) -> pa.Table:
+    """Rows of ``schema`` (which ends in the error column) carrying only their keys and an error."""
+    n = rows.num_rows
+    if isinstance(messages, str):
+        messages = [messages] * n
+    error = pa.StructArray.from_arrays(
+        [
+            pa.array([stage] * n, pa.string()),
+            pa.array([error_type] * n, pa.string()),
+            pa.array(messages, pa.string()),
+            pa.array([traceback] * n, pa.string()),
+        ],
+        fields=list(ERROR_TYPE),
+    )
+    columns = []
+    for field in schema:
+        if field.name == ERROR:
+            columns.append(error)
+        elif field.name in keys:
+            columns.append(rows.column(field.name).cast(field.type))
+        else:
+            columns.append(pa.nulls(n, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def split_errors(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(healthy rows without the error column, error rows)."""
+    errors = table.column(ERROR)
+    if errors.null_count == table.num_rows:
+        return table.drop_columns([ERROR]), table.slice(0, 0)
+    healthy = pc.is_null(errors)
+    return table.filter(healthy).drop_columns([ERROR]), table.filter(pc.invert(healthy))
+
+
+def conform(table: pa.Table, schema: pa.Schema, stage: str) -> pa.Table:
+    """Select and cast the columns of ``schema`` (minus the error column) and add a null error column."""
+    columns = []
+    for field in schema:
+        if field.name == ERROR:
+            columns.append(pa.nulls(table.num_rows, ERROR_TYPE))
+            continue
+        if field.name not in table.column_names:
+            raise ContractError(f"stage {stage} did not return its column {field.name!r}")
+        column = table.column(field.name)
+        if column.type != field.type:
+            try:
+                column = column.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ContractError(
+                    f"stage {stage} returned column {field.name!r} as {column.type}, "
+                    f"declared {field.type}: {exc}"
+                ) from exc
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def apply_stage(stage: Stage, table: pa.Table, out_schema: pa.Schema, keys: tuple[str, ...]) -> pa.Table:
+    """Run ``stage`` on the healthy rows of ``table``; pass earlier error rows through."""
+    healthy, failed = split_errors(table)
+    parts = _run_isolated(stage, healthy, out_schema, keys) if healthy.num_rows else []
+    if failed.num_rows:
+        parts.append(_carry_errors(failed, out_schema))
+    if not parts:
+        return out_schema.empty_table()
+    return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+
+def _run_isolated(stage: Stage, rows: pa.Table, out_schema: pa.Schema, keys: tuple[str, ...]) -> list[pa.Table]:
+    try:
+        result = stage.call(rows)
+    except Exception as exc:  # noqa: BLE001 - any record-level failure is data
+        if rows.num_rows == 1:
+            error_type, message, trace = describe_exception(exc)
+            return [error_rows(rows, out_schema, keys, stage.stage_name, error_type, message, trace)]
+        middle = rows.num_rows // 2
+        return _run_isolated(stage, rows.slice(0, middle), out_schema, keys) + _run_isolated(
+            stage, rows.slice(middle), out_schema, keys
+        )
+    return [conform(result, out_schema, stage.stage_name)]
+
+
+def _carry_errors(failed: pa.Table, out_schema: pa.Schema) -> pa.Table:
+    columns = []
+    for field in out_schema:
+        if field.name in failed.column_names and failed.schema.field(field.name).type == field.type:
+            columns.append(failed.column(field.name))
+        else:
+            columns.append(pa.nulls(failed.num_rows, field.type))
+    return pa.Table.from_arrays(columns, schema=out_schema)

@@ -1,0 +1,77 @@
+"""Sources: where a pipeline's records come from."""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from dataclasses import dataclass
+
+import fsspec
+import pyarrow as pa
+
+from headrace.errors import ConfigError
+
+GLOB_CHARS = "*?["
+
+
+def stable_id(uri: str) -> str:
+    """A short id that stays the same for the same source URI across runs."""
+    return hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Files:
+    """Files from a local path, a URL (file://, gs://, ...) or a glob, listed through fsspec.
+
+    Each file is one record: ``source`` (its URI) and ``id_column`` (a stable id of it).
+    A directory is listed recursively; names starting with '.' or '_' are skipped.
+    """
+
+    url: str
+    extensions: tuple[str, ...] = ()
+    id_column: str = "doc_id"
+    files_per_block: int = 16
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.id_column, "source")
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([(self.id_column, pa.string()), ("source", pa.string())])
+
+    def list(self) -> pa.Table:
+        """The input records, in a stable order. Raises ConfigError when nothing matches."""
+        try:
+            fs, path = fsspec.core.url_to_fs(self.url)
+        except (ImportError, ValueError) as exc:
+            raise ConfigError(f"input {self.url!r}: {exc}") from exc
+        if any(ch in path for ch in GLOB_CHARS):
+            candidates = [p for p in fs.glob(path) if not fs.isdir(p)]
+        elif fs.isdir(path):
+            candidates = [p for p in fs.find(path) if not _hidden(p, path)]
+        elif fs.exists(path):
+            candidates = [path]
+        else:
+            raise ConfigError(f"input {self.url!r} does not exist")
+        matched = sorted(p for p in candidates if self._wanted(p))
+        if not matched:
+            wanted = "/".join(self.extensions) + " " if self.extensions else ""
+            ignored = f" ({len(candidates)} other files ignored)" if candidates else ""
+            raise ConfigError(f"input {self.url!r} matched no {wanted}files{ignored}")
+        uris = [fs.unstrip_protocol(p) for p in matched]
+        return pa.table(
+            {self.id_column: [stable_id(u) for u in uris], "source": uris}, schema=self.schema
+        )
+
+    def _wanted(self, path: str) -> bool:
+        return not self.extensions or path.lower().endswith(tuple(e.lower() for e in self.extensions))
+
+    def describe(self) -> str:
+        exts = f" [{', '.join(self.extensions)}]" if self.extensions else ""
+        return f"files {self.url}{exts}"
+
+
+def _hidden(path: str, root: str) -> bool:
+    relative = posixpath.relpath(path, root)
+    return any(part.startswith((".", "_")) for part in relative.split("/"))

@@ -1,0 +1,121 @@
+"""The stage model: a declarative class with one method that turns a batch into a batch."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+BATCH_FORMATS = ("arrow", "polars", "numpy")
+
+
+class Stage:
+    """One step of a pipeline.
+
+    Subclasses declare what they need and what they produce as class attributes and
+    implement ``process``. A stage that overrides ``setup`` holds state (a model, a
+    tokenizer) and runs on an actor pool; any other stage runs as stateless tasks.
+
+    ``process`` receives only healthy rows; raising an exception marks the rows of the
+    batch as failed, and headrace splits the batch to find the records at fault.
+    """
+
+    name: ClassVar[str | None] = None
+    needs: tuple[str, ...] = ()  # columns read
+    adds: dict[str, pa.DataType] = {}  # columns written (new or replaced), with types
+    drops: tuple[str, ...] = ()  # columns removed after this stage
+    batch_size: int | None = 64
+    cpus: float = 1.0
+    gpus: float = 0.0  # whole, fractional (0.5 = two actors per GPU) or several
+    memory: int | None = None  # bytes of heap to reserve per task or actor
+    concurrency: int | tuple[int, int] | None = None  # pool size, fixed or (min, max)
+    batch_format: str = "arrow"
+
+    # Set by headrace on the worker before setup(): where this copy of the stage runs.
+    device: str = "cpu"
+    threads: int = 1
+
+    def setup(self) -> None:
+        """Load expensive state once per actor. Overriding it makes the stage stateful."""
+
+    def process(self, batch: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement process()")
+
+    # -- declarative helpers -------------------------------------------------
+
+    @property
+    def stage_name(self) -> str:
+        return self.name or type(self).__name__
+
+    @property
+    def stateful(self) -> bool:
+        return type(self).setup is not Stage.setup
+
+    def with_(self, **overrides: Any) -> "Stage":
+        """A copy of this stage with some attributes replaced (batch_size, gpus, ...)."""
+        clone = copy.copy(self)
+        for key, value in overrides.items():
+            if not hasattr(clone, key):
+                raise AttributeError(f"{self.stage_name} has no setting {key!r}")
+            setattr(clone, key, value)
+        return clone
+
+    def pool_bounds(self) -> tuple[int, int] | None:
+        """(min, max) actors, or None when the engine decides."""
+        if self.concurrency is None:
+            return None
+        if isinstance(self.concurrency, int):
+            return (self.concurrency, self.concurrency)
+        low, high = self.concurrency
+        return (int(low), int(high))
+
+    def describe(self) -> str:
+        return f"{self.stage_name}"
+
+    # -- batch format conversion -------------------------------------------------
+
+    def call(self, table: pa.Table) -> pa.Table:
+        """Run process() on an Arrow table, converting to and from the declared format."""
+        if self.batch_format == "arrow":
+            return _as_table(self.process(table))
+        if self.batch_format == "polars":
+            return _as_table(self.process(pl.from_arrow(table)))
+        if self.batch_format == "numpy":
+            return _as_table(self.process(table_to_numpy(table)))
+        raise ValueError(f"{self.stage_name}: unknown batch_format {self.batch_format!r}")
+
+
+def table_to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
+    """Columns as numpy arrays; fixed-size lists become 2-D arrays without copying."""
+    out: dict[str, np.ndarray] = {}
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        if pa.types.is_fixed_size_list(column.type) and column.null_count == 0:
+            width = column.type.list_size
+            out[name] = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+        else:
+            out[name] = column.to_numpy(zero_copy_only=False)
+    return out
+
+
+def fixed_size_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    """A 2-D numpy array as an Arrow fixed-size list column (one row per matrix row)."""
+    matrix = np.ascontiguousarray(matrix)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+
+
+def _as_table(result: Any) -> pa.Table:
+    if isinstance(result, pa.Table):
+        return result
+    if isinstance(result, pl.DataFrame):
+        return result.to_arrow()
+    if isinstance(result, dict):
+        columns = {
+            k: fixed_size_list(v) if isinstance(v, np.ndarray) and v.ndim == 2 else v
+            for k, v in result.items()
+        }
+        return pa.table(columns)
+    raise TypeError(f"process() returned {type(result).__name__}; expected a table")

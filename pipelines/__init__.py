@@ -1,0 +1,1 @@
+"""Pipeline definitions runnable by ``headrace submit``."""

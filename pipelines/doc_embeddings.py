@@ -1,0 +1,43 @@
+"""The nightly document-embedding job.
+
+HTML, markdown and text files -> visible text -> chunks of at most 256 model tokens ->
+all-MiniLM-L6-v2 embeddings (mean pooling, L2 normalisation) -> Parquet.
+
+    headrace submit pipelines/doc_embeddings.py --conf input='docs/{ds}/**' --conf output=out/emb
+"""
+
+from __future__ import annotations
+
+from headrace import Files, ParquetSink, Pipeline
+from schemas.doc_embeddings import doc_embeddings_schema
+from stages.files import ReadFiles
+from stages.models import EmbedText
+from stages.text import ChunkText, DecodeText, HtmlToText
+
+EXTENSIONS = (".html", ".htm", ".md", ".txt")
+
+
+def pipeline(
+    input: str = "data/sample",
+    output: str = "output/doc_embeddings",
+    model: str | None = None,
+    max_tokens: int = 256,
+    embed_batch_size: int = 64,
+    embed_gpus: float = 1.0,
+    rows_per_file: int = 20_000,
+) -> Pipeline:
+    """Settings are the keyword arguments (``--conf input=...``); ``model`` is a local folder."""
+    return Pipeline(
+        name="doc_embeddings",
+        source=Files(input, extensions=EXTENSIONS, id_column="doc_id"),
+        stages=[
+            ReadFiles(),
+            DecodeText(),
+            HtmlToText(),
+            ChunkText(tokenizer=model, max_tokens=max_tokens),
+            EmbedText(model=model).with_(batch_size=embed_batch_size, gpus=embed_gpus),
+        ],
+        schema=doc_embeddings_schema(),
+        sink=ParquetSink(output, rows_per_file=rows_per_file),
+        columns=["doc_id", "source", "chunk_index", "num_chunks", "text", "embedding", "model"],
+    )

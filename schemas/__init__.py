@@ -1,0 +1,1 @@
+"""Pandera schemas: the output contracts of the shipped pipelines."""

@@ -1,0 +1,1 @@
+"""Ready-made stages, one module per modality or concern."""
