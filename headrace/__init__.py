@@ -26,6 +26,6 @@ __all__ = [
 
 def run(pipeline, ds=None, engine=None, config=None):
     """Run ``pipeline`` for logical date ``ds`` on Ray and publish its partition."""
-    from headrace.run import run as _run
+    from headrace.runner import run as _run
 
     return _run(pipeline, ds, engine, config)

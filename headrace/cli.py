@@ -105,7 +105,7 @@ def submit(pipeline, master, conf_pairs, properties_file, ds, name, num_cpus, nu
 
 def _run_one(built, run_conf, report):
     from headrace.report import summary, write_report
-    from headrace.run import run
+    from headrace.runner import run
 
     started = time.perf_counter()
     result = run(built, run_conf.ds, run_conf.engine, run_conf.as_dict())

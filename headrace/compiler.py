@@ -24,6 +24,7 @@ from headrace.stage import Stage
 from headrace.validation import validate_batch
 
 log = logging.getLogger("headrace")
+MIN_BLOCKS = 8
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ class _StageActor:
 def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placement]):
     """The streaming Dataset for ``inputs`` (a table of records from the source)."""
     records = inputs.append_column(ERROR, pa.nulls(inputs.num_rows, ERROR_TYPE))
-    step = pipeline.source.files_per_block
+    # Small inputs still get enough blocks to keep every actor of a pool busy.
+    step = max(1, min(pipeline.source.files_per_block, -(-records.num_rows // MIN_BLOCKS)))
     blocks = [records.slice(i, step) for i in range(0, records.num_rows, step)]
     dataset = ray.data.from_arrow(blocks)
     for (stage, schema), placement in zip(pipeline.stage_schemas(), placements):

@@ -35,7 +35,9 @@ class EmbedText(Stage):
     def setup(self) -> None:
         import torch
         from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         torch.set_num_threads(self.threads)
         self._device = self.device if self.device == "cpu" or torch.cuda.is_available() else "cpu"
         self._model = AutoModel.from_pretrained(self.model_path or default_model_path()).to(self._device).eval()

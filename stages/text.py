@@ -67,12 +67,29 @@ class DecodeText(Stage):
         return text
 
 
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset=["']?([\w-]+)""", re.IGNORECASE)
+# Detection on short texts is close to a coin toss between legacy code pages; among the
+# plausible candidates prefer the web's legacy default, then the most coherent.
+_CHAOS_MARGIN = 0.2
+_PREFERRED = ("cp1252", "latin_1", "iso8859_15")
+
+
 def _detect(data: bytes) -> str:
+    declared = _META_CHARSET.search(data[:2048])
+    if declared:
+        try:
+            return data.decode(declared.group(1).decode("ascii"))
+        except (LookupError, UnicodeDecodeError):
+            pass  # a wrong declaration is common; fall back to detection
     from charset_normalizer import from_bytes
 
-    best = from_bytes(data).best()
-    if best is None:
+    candidates = list(from_bytes(data))
+    if not candidates:
         raise UndecodableText("bytes are not text in any encoding charset-normalizer knows")
+    least = min(c.chaos for c in candidates)
+    plausible = [c for c in candidates if c.chaos <= least + _CHAOS_MARGIN]
+    preferred = [c for c in plausible if c.encoding in _PREFERRED]
+    best = preferred[0] if preferred else max(plausible, key=lambda c: (c.coherence, -c.chaos))
     return str(best)
 
 

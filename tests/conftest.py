@@ -1,0 +1,62 @@
+import os
+import random
+import sys
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+from headrace import EngineConf
+from headrace.demo_data import broken_documents, html_document, markdown_document, text_document
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEADRACE = [sys.executable, "-m", "headrace.cli"]
+QUIET = EngineConf(progress=False)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the whole session: more CPU slots than cores, no GPUs."""
+    import ray
+
+    ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def write(directory, name, data: bytes) -> str:
+    path = os.path.join(directory, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(data)
+    return path
+
+
+def good_corpus(directory, count=12, seed=1, long_every=4) -> list[str]:
+    """HTML, markdown and text documents; every ``long_every``-th one spans several chunks."""
+    rng = random.Random(seed)
+    paths = []
+    for index in range(count):
+        paragraphs = 30 if index % long_every == 0 else rng.randint(1, 4)
+        kind = ("html", "md", "txt")[index % 3]
+        maker = {"html": html_document, "md": markdown_document, "txt": text_document}[kind]
+        paths.append(write(directory, f"{kind}/doc-{index:03d}.{kind}", maker(rng, f"Document {index}", paragraphs).encode()))
+    return paths
+
+
+LATIN1_TEXT = "Crème brûlée in Zürich: a naïve façade, déjà vu.\n"
+
+
+@pytest.fixture(scope="session")
+def mixed_corpus(tmp_path_factory):
+    """Good documents plus every kind of bad file the acceptance criteria name."""
+    directory = str(tmp_path_factory.mktemp("mixed"))
+    good = good_corpus(directory, count=9, seed=3)
+    good.append(write(directory, "txt/latin1.txt", (LATIN1_TEXT * 3).encode("cp1252")))
+    bad = {
+        name: write(directory, name, data)
+        for name, data in broken_documents(random.Random(5)).items()
+    }
+    return directory, good, bad

@@ -1,0 +1,77 @@
+"""A failing record becomes an error row; its batch-mates carry on."""
+
+import pyarrow as pa
+
+from headrace import Stage
+from headrace.records import ERROR, ERROR_TYPE, apply_stage, with_error_column
+
+KEYS = ("doc_id", "source")
+
+
+class Length(Stage):
+    needs = ("text",)
+    adds = {"length": pa.int64()}
+
+    def __init__(self):
+        self.calls = 0
+
+    def process(self, batch):
+        self.calls += 1
+        texts = batch.column("text").to_pylist()
+        if any("poison" in t for t in texts):
+            raise ValueError("poisoned record")
+        return batch.append_column("length", pa.array([len(t) for t in texts], pa.int64()))
+
+
+def batch_of(texts):
+    n = len(texts)
+    return pa.table(
+        {
+            "doc_id": [f"id{i}" for i in range(n)],
+            "source": [f"file:///d/{i}.txt" for i in range(n)],
+            "text": texts,
+            ERROR: pa.nulls(n, ERROR_TYPE),
+        }
+    )
+
+
+OUT = with_error_column(pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("text", pa.string()), ("length", pa.int64())]))
+
+
+def test_bad_record_is_isolated_and_batch_mates_survive():
+    texts = [f"good {i}" for i in range(32)]
+    texts[13] = "poison pill"
+    stage = Length()
+    out = apply_stage(stage, batch_of(texts), OUT, KEYS)
+    assert out.num_rows == 32
+    errors = out.filter(out.column(ERROR).is_valid())
+    assert errors.column("doc_id").to_pylist() == ["id13"]
+    error = errors.column(ERROR).to_pylist()[0]
+    assert error["stage"] == "Length" and error["error_type"] == "ValueError"
+    assert error["message"] == "poisoned record" and "ValueError" in error["traceback"]
+    healthy = out.filter(out.column(ERROR).is_null())
+    assert healthy.column("length").to_pylist() == [len(t) for i, t in enumerate(texts) if i != 13]
+    assert stage.calls <= 2 * 5 + 1  # bisection, not one call per record
+
+
+def test_error_rows_pass_later_stages_untouched():
+    first = apply_stage(Length(), batch_of(["a", "poison", "c"]), OUT, KEYS)
+
+    class Shout(Stage):
+        needs = ("text",)
+        adds = {"text": pa.string()}
+
+        def process(self, batch):
+            return batch.set_column(2, "text", pa.array([t.upper() for t in batch.column("text").to_pylist()]))
+
+    second = apply_stage(Shout(), first, OUT, KEYS)
+    assert sorted(second.column("text").to_pylist(), key=str) == ["A", "C", None]
+    failed = second.filter(second.column(ERROR).is_valid())
+    assert failed.column(ERROR).to_pylist()[0]["stage"] == "Length"
+
+
+def test_every_batch_has_the_declared_schema_even_when_all_rows_fail():
+    out = apply_stage(Length(), batch_of(["poison"] * 3), OUT, KEYS)
+    assert out.schema == OUT and out.column(ERROR).null_count == 0
+    empty = apply_stage(Length(), batch_of([]), OUT, KEYS)
+    assert empty.schema == OUT and empty.num_rows == 0

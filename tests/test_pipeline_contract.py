@@ -1,0 +1,136 @@
+"""A pipeline is checked when it is built, before anything runs."""
+
+import pyarrow as pa
+import pytest
+
+from headrace import Files, ParquetSink, Pipeline, PipelineError, Stage
+from headrace.compiler import place
+from headrace.errors import ConfigError
+from headrace.runtime import Cluster, Master
+
+
+class Upper(Stage):
+    needs = ("text",)
+    adds = {"text": pa.string()}
+
+    def process(self, batch):
+        return batch
+
+
+class Decode(Stage):
+    needs = ("bytes",)
+    adds = {"text": pa.string()}
+    drops = ("bytes",)
+
+    def process(self, batch):
+        return batch
+
+
+class Read(Stage):
+    needs = ("source",)
+    adds = {"bytes": pa.binary()}
+
+    def process(self, batch):
+        return batch
+
+
+class Model(Stage):
+    needs = ("text",)
+    adds = {"score": pa.float32()}
+    gpus = 1
+
+    def setup(self):
+        pass
+
+    def process(self, batch):
+        return batch
+
+
+def build(stages, **kwargs):
+    return Pipeline(name="t", source=Files("/nowhere"), stages=stages, sink=ParquetSink("/tmp/out"), **kwargs)
+
+
+def test_missing_column_names_the_stage_and_the_column():
+    with pytest.raises(PipelineError, match=r"stage Upper \(#1\) needs column 'text'"):
+        build([Upper()])
+
+
+def test_dropped_column_is_gone_for_later_stages():
+    class NeedsBytes(Stage):
+        needs = ("bytes",)
+        adds = {"size": pa.int64()}
+
+        def process(self, batch):
+            return batch
+
+    with pytest.raises(PipelineError, match=r"NeedsBytes .* needs column 'bytes'"):
+        build([Read(), Decode(), NeedsBytes()])
+
+
+def test_key_columns_cannot_be_dropped_and_names_are_unique():
+    class DropSource(Stage):
+        drops = ("source",)
+
+        def process(self, batch):
+            return batch
+
+    with pytest.raises(PipelineError, match="may not drop key column 'source'"):
+        build([DropSource()])
+    with pytest.raises(PipelineError, match="two stages are named 'Read'"):
+        build([Read(), Read()])
+
+
+def test_resources_are_checked():
+    with pytest.raises(PipelineError, match="concurrency"):
+        build([Read().with_(concurrency=(3, 1))])
+    with pytest.raises(PipelineError, match="GPUs but has no setup"):
+        build([Read().with_(gpus=1)])
+    with pytest.raises(AttributeError, match="no setting 'gpu'"):
+        Read().with_(gpu=1)
+
+
+def test_output_schema_follows_the_declared_contract():
+    pipeline = build([Read(), Decode(), Model()], columns=["doc_id", "text", "score"])
+    assert pipeline.output_schema == pa.schema([("doc_id", pa.string()), ("text", pa.string()), ("score", pa.float32())])
+    with pytest.raises(PipelineError, match="output column 'bytes'"):
+        build([Read(), Decode()], columns=["bytes"])
+
+
+def test_with_returns_a_copy():
+    original = Model()
+    changed = original.with_(batch_size=8, gpus=0.5)
+    assert (original.batch_size, original.gpus) == (64, 1)
+    assert (changed.batch_size, changed.gpus) == (8, 0.5)
+
+
+def test_explain_shows_pools_resources_and_schema():
+    text = build([Read(), Decode(), Model().with_(concurrency=(1, 4))]).explain()
+    assert "Read" in text and "tasks" in text
+    assert "actors 1..4" in text and "gpus=1" in text
+    assert "drops bytes" in text
+    assert "parquet /tmp/out/ds={ds}" in text
+
+
+def test_gpu_stage_falls_back_to_one_thread_cpu_actors_per_core():
+    pipeline = build([Read(), Decode(), Model()])
+    placements = place(pipeline, Cluster(cpus=4, gpus=0, cores=2))
+    model = placements[-1]
+    assert (model.actors, model.gpus, model.device, model.threads) == ((2, 2), 0.0, "cpu", 1)
+    assert "no GPU" in model.note
+    assert [p.note for p in placements].count("") == 2  # one warning, for the GPU stage only
+    with pytest.raises(ConfigError, match="GPU is required"):
+        place(pipeline, Cluster(cpus=4, gpus=0, cores=2), require_gpu=True)
+
+
+def test_gpu_stage_gets_gpus_and_fractions_share_them():
+    pipeline = build([Read(), Decode(), Model().with_(gpus=0.5)])
+    model = place(pipeline, Cluster(cpus=8, gpus=2, cores=8))[-1]
+    assert (model.actors, model.gpus, model.device) == ((1, 4), 0.5, "cuda")
+
+
+def test_master_parsing():
+    assert Master.parse("local[3]") == Master("local", cores=3)
+    assert Master.parse("ray://head:10001") == Master("cluster", address="ray://head:10001")
+    assert Master.parse("auto").kind == "cluster"
+    with pytest.raises(ConfigError, match="expected local"):
+        Master.parse("yarn")
