@@ -1,0 +1,141 @@
+"""`headrace` as a user runs it: a subprocess, real exit codes, real output."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import psutil
+import pyarrow.dataset as pads
+import pytest
+
+import headrace
+from conftest import HEADRACE, QUIET, ROOT, good_corpus
+from pipelines.doc_embeddings import pipeline as doc_embeddings
+
+PIPELINE = os.path.join(ROOT, "pipelines", "doc_embeddings.py")
+# Proves a failure came before Ray: connecting to this address would fail differently.
+NO_RAY = ["--master", "ray://127.0.0.1:1"]
+
+
+def headrace_cli(*args, timeout=300):
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.run([*HEADRACE, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("cli") / "in" / "2026-11-20"
+    good_corpus(str(directory), count=6, seed=4)
+    return str(directory)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--conf", "inptu=x"], "unknown conf key 'inptu'"),
+        (["--conf", "input=/does/not/exist"], "input '/does/not/exist' does not exist"),
+        (["--conf", "input=/tmp/*.nothing-matches"], "matched no .html/.htm/.md/.txt files"),
+        (["--conf", "max_tokens=many"], "conf max_tokens='many'"),
+        (["--ds", "yesterday"], "--ds 'yesterday': expected a date"),
+        (["--conf", "noequals"], "expected KEY=VALUE"),
+    ],
+)
+def test_bad_configuration_exits_2_with_one_line_before_ray(args, message):
+    result = headrace_cli("submit", PIPELINE, *NO_RAY, *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "pipeline, message",
+    [
+        ("pipelines/no_such_pipeline.py", "pipeline file 'pipelines/no_such_pipeline.py' not found"),
+        ("no_such_package.jobs:pipeline", "no module named 'no_such_package'"),
+        ("pipelines.doc_embeddings:nothing", "defines no 'nothing'"),
+    ],
+)
+def test_unknown_pipeline_exits_2(pipeline, message):
+    result = headrace_cli("submit", pipeline, *NO_RAY)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def test_explain_and_dry_run(small_corpus):
+    explain = headrace_cli("explain", PIPELINE, "--conf", "embed_batch_size=8")
+    assert explain.returncode == 0, explain.stderr
+    for expected in ("ReadFiles", "ChunkText", "EmbedText", "actors", "gpus=1 batch=8", "schema  doc_embeddings"):
+        assert expected in explain.stdout
+    dry = headrace_cli("submit", "pipelines.doc_embeddings", *NO_RAY, "--dry-run", "--conf", f"input={small_corpus}")
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run: ds=" in dry.stdout and "6 input files" in dry.stdout
+
+
+def test_submit_runs_commits_and_reports(small_corpus, tmp_path):
+    inputs = small_corpus.replace("2026-11-20", "{ds}")
+    report = tmp_path / "report.json"
+    result = headrace_cli(
+        "submit", PIPELINE, "--master", "local[2]", "--ds", "2026-11-20", "--report", str(report),
+        "--conf", f"input={inputs}", "--", "--output", str(tmp_path / "out"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "files in     6" in result.stdout and "rows out" in result.stdout
+    assert "no GPU" in result.stderr  # the CPU fallback is announced
+    manifest = json.loads(report.read_text())
+    assert manifest["counts"]["input"] == 6 and manifest["config"]["input"].endswith("2026-11-20")
+    assert manifest["warnings"] and manifest["cluster"]["cores"] == 2
+    committed = pads.dataset(str(tmp_path / "out"), format="parquet", partitioning="hive")
+    assert committed.count_rows() == manifest["counts"]["output"]
+
+
+def test_sigkilled_run_leaves_the_committed_partition_whole(ray_cluster, tmp_path):
+    ds = "2026-11-21"
+    output = str(tmp_path / "out")
+    small, large = str(tmp_path / "small"), str(tmp_path / "large")
+    good_corpus(small, count=3, seed=8)
+    good_corpus(large, count=120, seed=9, long_every=2)
+    first = headrace.run(doc_embeddings(input=small, output=output), ds, QUIET)
+    partition = os.path.join(output, f"ds={ds}")
+    snapshot = {f: os.path.getsize(os.path.join(partition, f)) for f in os.listdir(partition)}
+
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    driver = subprocess.Popen(
+        [*HEADRACE, "submit", PIPELINE, "--ds", ds, "--conf", f"input={large}", "--conf", f"output={output}",
+         "--conf", "rows_per_file=4", "--conf", "embed_batch_size=4"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    staging = os.path.join(output, "_staging")
+    ray_processes = []
+    try:
+        deadline = time.time() + 240
+        while not _staged_parts(staging):
+            assert driver.poll() is None, "the run ended before it staged anything"
+            assert time.time() < deadline, "nothing was staged in time"
+            # The committed partition stays readable while the new run works.
+            assert pads.dataset(output, format="parquet", partitioning="hive").count_rows() == first.counts["output"]
+            time.sleep(0.5)
+        ray_processes = psutil.Process(driver.pid).children(recursive=True)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        for process in ray_processes:  # the local Ray the killed driver had started
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+    assert _staged_parts(staging)  # the killed run had written files...
+    after = {f: os.path.getsize(os.path.join(partition, f)) for f in os.listdir(partition)}
+    assert after == snapshot  # ...but the published partition is the old one, byte for byte
+    manifest = json.load(open(os.path.join(partition, "_SUCCESS")))
+    assert manifest["run_id"] == first.manifest["run_id"]
+    dataset = pads.dataset(output, format="parquet", partitioning="hive")
+    assert dataset.count_rows() == first.counts["output"]
+    assert not [f for f in dataset.files if "_staging" in f]
+
+
+def _staged_parts(staging):
+    return [f for _, _, files in os.walk(staging) for f in files if f.startswith("part-")]

@@ -1,0 +1,50 @@
+"""Settings resolve as defaults < properties file < environment < --conf < flags."""
+
+import datetime as dt
+
+import pytest
+
+from headrace import loader
+from headrace.config import default_ds, resolve
+from headrace.errors import ConfigError
+
+
+@pytest.fixture
+def factory():
+    return loader.load("pipelines.doc_embeddings")
+
+
+def test_precedence(factory, tmp_path):
+    properties = tmp_path / "job.yaml"
+    properties.write_text("input: from-file\nmax_tokens: 128\nheadrace:\n  master: local[1]\n  num_cpus: 3\n")
+    env = {"HEADRACE_CONF_MAX_TOKENS": "64", "HEADRACE_MASTER": "local[2]"}
+    conf = resolve(
+        factory, properties_file=str(properties), conf={"max_tokens": "32"},
+        flags={"headrace.master": "local[4]", "headrace.name": None}, environ=env, ds="2026-01-02",
+    )
+    assert conf.settings["input"] == "from-file"
+    assert conf.settings["max_tokens"] == 32
+    assert conf.settings["output"] == "output/doc_embeddings"  # default
+    assert (conf.engine.master, conf.engine.num_cpus, conf.engine.name) == ("local[4]", 3, None)
+    assert conf.sources["max_tokens"] == "--conf" and conf.sources["headrace.num_cpus"].startswith("properties file")
+
+
+def test_values_are_typed_and_ds_expands(factory):
+    conf = resolve(factory, conf={"input": "s3://b/{ds}/*.html", "embed_gpus": "0.5", "model": "none"}, environ={}, ds="2026-03-04")
+    assert conf.settings["input"] == "s3://b/2026-03-04/*.html"
+    assert conf.settings["embed_gpus"] == 0.5 and conf.settings["model"] is None
+    with pytest.raises(ConfigError, match="expected bool"):
+        resolve(factory, conf={"headrace.require_gpu": "maybe"}, environ={})
+
+
+def test_unknown_keys_name_what_is_known(factory, tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown conf key 'batch' \(from --conf\); pipeline doc_embeddings takes input, output"):
+        resolve(factory, conf={"batch": "1"}, environ={})
+    properties = tmp_path / "job.yaml"
+    properties.write_text("headrace:\n  masterr: local\n")
+    with pytest.raises(ConfigError, match=r"unknown conf key 'headrace.masterr' \(from properties file"):
+        resolve(factory, properties_file=str(properties), environ={})
+
+
+def test_default_ds_is_yesterday_utc():
+    assert default_ds(dt.date(2026, 3, 1)) == "2026-02-28"
