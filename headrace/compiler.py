@@ -12,9 +12,11 @@ import logging
 from dataclasses import dataclass
 
 import pyarrow as pa
+import ray
 import ray.data
 from ray.data import ActorPoolStrategy, Datasink
 
+from headrace import loader
 from headrace.commit import PartitionCommit, StagedPart
 from headrace.errors import ConfigError
 from headrace.pipeline import Pipeline
@@ -85,6 +87,8 @@ class _StageActor:
 
 def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placement]):
     """The streaming Dataset for ``inputs`` (a table of records from the source)."""
+    for module in loader.FILE_MODULES:
+        ray.cloudpickle.register_pickle_by_value(module)
     records = inputs.append_column(ERROR, pa.nulls(inputs.num_rows, ERROR_TYPE))
     # Small inputs still get enough blocks to keep every actor of a pool busy.
     step = max(1, min(pipeline.source.files_per_block, -(-records.num_rows // MIN_BLOCKS)))

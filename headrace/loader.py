@@ -14,6 +14,9 @@ from headrace.errors import ConfigError, PipelineError
 from headrace.pipeline import Pipeline
 
 DEFAULT_ATTR = "pipeline"
+# Modules loaded from a file path: Ray workers cannot import them, so what they define
+# is shipped by value (see compiler.build_dataset).
+FILE_MODULES: list = []
 
 
 @dataclass(frozen=True)
@@ -76,10 +79,7 @@ def _load_file(path: str):
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
-    # Ray workers cannot import a file by path: ship what it defines by value.
-    import cloudpickle
-
-    cloudpickle.register_pickle_by_value(module)
+    FILE_MODULES.append(module)
     return module
 
 

@@ -24,6 +24,7 @@ def pipeline(
     max_tokens: int = 256,
     embed_batch_size: int = 64,
     embed_gpus: float = 1.0,
+    embed_precision: str = "auto",
     rows_per_file: int = 20_000,
 ) -> Pipeline:
     """Settings are the keyword arguments (``--conf input=...``); ``model`` is a local folder."""
@@ -35,7 +36,7 @@ def pipeline(
             DecodeText(),
             HtmlToText(),
             ChunkText(tokenizer=model, max_tokens=max_tokens),
-            EmbedText(model=model).with_(batch_size=embed_batch_size, gpus=embed_gpus),
+            EmbedText(model=model, precision=embed_precision).with_(batch_size=embed_batch_size, gpus=embed_gpus),
         ],
         schema=doc_embeddings_schema(),
         sink=ParquetSink(output, rows_per_file=rows_per_file),

@@ -21,7 +21,12 @@ def ray_cluster():
     """One local Ray for the whole session: more CPU slots than cores, no GPUs."""
     import ray
 
-    ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    # Stages defined in test modules must be importable by the workers too.
+    tests = os.path.join(ROOT, "tests")
+    ray.init(
+        num_cpus=4, num_gpus=0, include_dashboard=False, log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([tests, ROOT])}},
+    )
     yield ray
     ray.shutdown()
 

@@ -1,0 +1,115 @@
+"""Benchmark: the doc-embeddings job against two baselines doing the same work.
+
+    python benchmarks/doc_embeddings.py [--docs 1000] [--repeat 1]
+
+Generates a corpus (headrace demo-data: short pages and long ones), then times, as whole
+processes including start-up: (a) a single-process loop with torch on all cores, (b) an
+idiomatic hand-written Ray Data script, (c) `headrace submit pipelines/doc_embeddings.py` with its default precision (bf16 on
+CPUs with AMX), and (d) the same with embed_precision=fp32, the baselines' arithmetic.
+Appends docs/s and the ratios to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+WORK = os.path.join(HERE, "work")
+
+
+def timed(command: list[str], env: dict) -> tuple[float, str]:
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return elapsed, result.stdout
+
+
+def machine() -> str:
+    cores = os.cpu_count()
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            model = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cores} cores ({model}), {memory:.0f} GiB RAM, no GPU, Python {platform.python_version()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each; the best is reported")
+    parser.add_argument("--only", choices=["loop", "raydata", "headrace", "headrace-fp32"], action="append")
+    parser.add_argument("--no-record", action="store_true", help="print, do not append to RESULTS.md")
+    args = parser.parse_args()
+
+    corpus = os.path.join(WORK, f"corpus-{args.docs}")
+    if not os.path.isdir(corpus):
+        from headrace.demo_data import write_documents
+
+        write_documents(corpus, count=args.docs, seed=2026)
+    files = sum(len(f) for _, _, f in os.walk(corpus))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    python = sys.executable
+    commands = {
+        "loop": [python, os.path.join(HERE, "baselines.py"), "loop", corpus, os.path.join(WORK, "out-loop")],
+        "raydata": [python, os.path.join(HERE, "baselines.py"), "raydata", corpus, os.path.join(WORK, "out-raydata")],
+        "headrace": [
+            python, "-m", "headrace.cli", "submit", "pipelines/doc_embeddings.py", "--ds", "2026-01-01",
+            "--conf", f"input={corpus}", "--conf", f"output={os.path.join(WORK, 'out-headrace')}",
+            "--conf", "headrace.progress=false",
+        ],
+    }
+    # The same job with the model in plain fp32, as the baselines run it.
+    commands["headrace-fp32"] = commands["headrace"] + ["--conf", "embed_precision=fp32"]
+    times: dict[str, float] = {}
+    for name in args.only or list(commands):
+        best = float("inf")
+        for _ in range(args.repeat):
+            shutil.rmtree(os.path.join(WORK, f"out-{name.split('-')[0]}"), ignore_errors=True)
+            elapsed, _ = timed(commands[name], env)
+            best = min(best, elapsed)
+            print(f"{name:<9} {elapsed:7.1f} s  {files / elapsed:6.2f} docs/s", flush=True)
+        times[name] = best
+
+    lines = [
+        f"### doc-embeddings, {files} documents — {dt.date.today().isoformat()}",
+        "",
+        f"Machine: {machine()}. Command: `make bench` (`python benchmarks/doc_embeddings.py --docs {args.docs} --repeat {args.repeat}`).",
+        "Whole-process wall time, start-up included; best of the repeats.",
+        "",
+        "| run | wall s | docs/s | vs loop | vs hand-written Ray Data |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, seconds in times.items():
+        vs_loop = f"{times['loop'] / seconds:.2f}x" if "loop" in times else "-"
+        vs_ray = f"{times['raydata'] / seconds:.2f}x" if "raydata" in times else "-"
+        label = {
+            "loop": "single-process loop (torch fp32, all cores)",
+            "raydata": "hand-written Ray Data (fp32)",
+            "headrace": "headrace submit (embed_precision=auto: bf16 on AMX)",
+            "headrace-fp32": "headrace submit, embed_precision=fp32",
+        }[name]
+        lines.append(f"| {label} | {seconds:.1f} | {files / seconds:.2f} | {vs_loop} | {vs_ray} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_record:
+        path = os.path.join(HERE, "RESULTS.md")
+        header = "" if os.path.exists(path) else "# Benchmark results\n\nNewest first within each section.\n\n"
+        with open(path, "a") as handle:
+            handle.write(header + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
