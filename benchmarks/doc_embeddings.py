@@ -106,7 +106,7 @@ def main() -> None:
     print(text)
     if not args.no_record:
         path = os.path.join(HERE, "RESULTS.md")
-        header = "" if os.path.exists(path) else "# Benchmark results\n\nNewest first within each section.\n\n"
+        header = "" if os.path.exists(path) else "# Benchmark results\n\n"
         with open(path, "a") as handle:
             handle.write(header + text + "\n")
 
