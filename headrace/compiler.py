@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
+import uuid
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -23,6 +25,7 @@ from headrace.pipeline import Pipeline
 from headrace.records import ERROR, ERROR_TYPE, apply_stage
 from headrace.runtime import Cluster
 from headrace.stage import Stage
+from headrace.utilisation import Call, Ledger
 from headrace.validation import validate_batch
 
 log = logging.getLogger("headrace")
@@ -74,18 +77,41 @@ def place(pipeline: Pipeline, cluster: Cluster, require_gpu: bool = False) -> li
 
 
 class _StageActor:
-    """An actor holding one set-up copy of a stateful stage."""
+    """An actor holding one set-up copy of a stateful stage; it reports every call."""
 
-    def __init__(self, stage: Stage, schema: pa.Schema, keys: tuple[str, ...], device: str, threads: int):
+    def __init__(self, stage: Stage, schema: pa.Schema, keys: tuple[str, ...], device: str, threads: int, ledger=None):
         stage.device, stage.threads = device, threads
         stage.setup()
-        self.stage, self.schema, self.keys = stage, schema, keys
+        self.stage, self.schema, self.keys, self.ledger = stage, schema, keys, ledger
+        self.ready = time.time()
+        self.actor = uuid.uuid4().hex[:8]
+        self.gpu_ids = tuple(str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", []))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return apply_stage(self.stage, batch, self.schema, self.keys)
+        started = time.time()
+        forward_before = getattr(self.stage, "forward_seconds", None)
+        result = apply_stage(self.stage, batch, self.schema, self.keys)
+        if self.ledger is not None:
+            forward_after = getattr(self.stage, "forward_seconds", None)
+            forward = None if forward_before is None else forward_after - forward_before
+            call = Call(self.stage.stage_name, self.actor, self.ready, started, time.time(), batch.num_rows, forward, self.gpu_ids)
+            self.ledger.record.remote(call)
+        return result
 
 
-def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placement]):
+@ray.remote(num_cpus=0)
+class _LedgerActor:
+    def __init__(self):
+        self.ledger = Ledger()
+
+    def record(self, call: Call) -> None:
+        self.ledger.record(call)
+
+    def summary(self) -> dict:
+        return self.ledger.summary()
+
+
+def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placement], ledger=None):
     """The streaming Dataset for ``inputs`` (a table of records from the source)."""
     for module in loader.FILE_MODULES:
         ray.cloudpickle.register_pickle_by_value(module)
@@ -111,7 +137,7 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
                 _StageActor,
                 fn_constructor_kwargs=dict(
                     stage=stage, schema=schema, keys=pipeline.keys,
-                    device=placement.device, threads=placement.threads,
+                    device=placement.device, threads=placement.threads, ledger=ledger,
                 ),
                 compute=ActorPoolStrategy(min_size=low, max_size=high),
                 num_gpus=placement.gpus or None,
@@ -148,8 +174,16 @@ class StagedParquetDatasink(Datasink):
         self.parts = list(write_result.write_returns)
 
 
-def execute(pipeline: Pipeline, inputs: pa.Table, placements: list[Placement], commit: PartitionCommit) -> list[StagedPart]:
-    """Run the pipeline over ``inputs``, staging files; returns what every write task staged."""
+def execute(pipeline: Pipeline, inputs: pa.Table, placements: list[Placement], commit: PartitionCommit) -> tuple[list[StagedPart], dict]:
+    """Run the pipeline over ``inputs``, staging files.
+
+    Returns what every write task staged, and the utilisation of each actor-pool stage.
+    """
     sink = StagedParquetDatasink(commit, pipeline.sink.rows_per_file)
-    build_dataset(pipeline, inputs, placements).write_datasink(sink)
-    return sink.parts
+    ledger = _LedgerActor.remote()
+    try:
+        build_dataset(pipeline, inputs, placements, ledger).write_datasink(sink)
+        utilisation = ray.get(ledger.summary.remote())
+    finally:
+        ray.kill(ledger)
+    return sink.parts, utilisation

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from headrace.utilisation import describe
+
 
 def summary(manifest: dict[str, Any], total_s: float) -> str:
     counts = manifest["counts"]
@@ -20,6 +22,9 @@ def summary(manifest: dict[str, Any], total_s: float) -> str:
         f"  time         {total_s:.1f} s  ({files / seconds:.1f} files/s, {rows / seconds:.1f} rows/s)",
         f"  output       {manifest['partition']}",
     ]
+    if manifest.get("utilisation"):
+        lines.append("  model stages")
+        lines.extend(describe(manifest["utilisation"]))
     return "\n".join(lines)
 
 

@@ -75,7 +75,7 @@ def run(
     commit.prepare()
     log.info("run %s: %d input files -> %s", run_id, inputs.num_rows, pipeline.sink.partition(ds))
     mark = time.perf_counter()
-    parts = compiler.execute(pipeline, inputs, placements, commit)
+    parts, utilisation = compiler.execute(pipeline, inputs, placements, commit)
     timings["process_s"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -89,6 +89,7 @@ def run(
             for p in placements
         ],
         "cluster": {"cpus": cluster.cpus, "gpus": cluster.gpus, "cores": cluster.cores},
+        "utilisation": utilisation,
         "timings": timings,
     }
     manifest = commit.commit(parts, inputs, manifest)
