@@ -86,6 +86,8 @@ class _StageActor:
         self.ready = time.time()
         self.actor = uuid.uuid4().hex[:8]
         self.gpu_ids = tuple(str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", []))
+        if ledger is not None:  # an actor that never gets work still counts in the pool
+            ledger.record.remote(Call(stage.stage_name, self.actor, self.ready, self.ready, self.ready, 0, None, self.gpu_ids))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.time()
