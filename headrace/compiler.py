@@ -60,9 +60,10 @@ def place(pipeline: Pipeline, cluster: Cluster, require_gpu: bool = False) -> li
                     f"stage {stage.stage_name} needs gpus={stage.gpus:g} but the cluster has "
                     f"{cluster.gpus:g} GPU(s) and a GPU is required"
                 )
-            # One torch thread per actor and one actor per core beats intra-op threading.
+            # One actor per core with one torch thread each: CPU stages with the same
+            # resources run fused in these processes, so no core is oversubscribed.
             size = min(bounds[1] if bounds else cluster.cores, cluster.cores)
-            threads = max(1, cluster.cores // size)
+            threads = stage.cpu_threads or max(1, cluster.cores // size)
             note = (
                 f"stage {stage.stage_name} asks for gpus={stage.gpus:g} but the cluster has no GPU: "
                 f"running {size} CPU actor(s) with {threads} thread(s) each"
@@ -70,7 +71,8 @@ def place(pipeline: Pipeline, cluster: Cluster, require_gpu: bool = False) -> li
             placements.append(Placement(stage.stage_name, (size, size), 1.0, 0.0, "cpu", threads, note))
         elif stage.stateful:
             low, high = bounds or (1, cluster.cores)
-            placements.append(Placement(stage.stage_name, (low, high), stage.cpus, 0.0, "cpu", max(1, int(stage.cpus))))
+            threads = stage.cpu_threads or max(1, int(stage.cpus))
+            placements.append(Placement(stage.stage_name, (low, high), stage.cpus, 0.0, "cpu", threads))
         else:
             placements.append(Placement(stage.stage_name, None, stage.cpus, 0.0, "cpu", max(1, int(stage.cpus))))
     return placements

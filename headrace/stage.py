@@ -34,6 +34,8 @@ class Stage:
     concurrency: int | tuple[int, int] | None = None  # pool size, fixed or (min, max)
     batch_format: str = "arrow"
 
+    cpu_threads: int | None = None  # torch threads per actor on CPU; None: headrace decides
+
     # Set by headrace on the worker before setup(): where this copy of the stage runs.
     device: str = "cpu"
     threads: int = 1

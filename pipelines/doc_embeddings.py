@@ -25,6 +25,7 @@ def pipeline(
     embed_batch_size: int = 64,
     embed_gpus: float = 1.0,
     embed_precision: str = "auto",
+    embed_length_grouping: bool = True,
     rows_per_file: int = 20_000,
 ) -> Pipeline:
     """Settings are the keyword arguments (``--conf input=...``); ``model`` is a local folder."""
@@ -36,7 +37,9 @@ def pipeline(
             DecodeText(),
             HtmlToText(),
             ChunkText(tokenizer=model, max_tokens=max_tokens),
-            EmbedText(model=model, precision=embed_precision).with_(batch_size=embed_batch_size, gpus=embed_gpus),
+            EmbedText(model=model, precision=embed_precision).with_(
+                batch_size=embed_batch_size, gpus=embed_gpus, length_grouping=embed_length_grouping
+            ),
         ],
         schema=doc_embeddings_schema(),
         sink=ParquetSink(output, rows_per_file=rows_per_file),

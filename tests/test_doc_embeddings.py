@@ -122,3 +122,19 @@ def test_gpu_stage_falls_back_to_cpu_with_one_warning(embedded):
     assert len(result.warnings) == 1 and "EmbedText" in result.warnings[0] and "no GPU" in result.warnings[0]
     embed = [p for p in result.manifest["placement"] if p["stage"] == "EmbedText"][0]
     assert embed["device"] == "cpu" and embed["gpus"] == 0 and embed["threads"] == 1
+
+
+def test_length_grouping_changes_neither_rows_nor_embeddings(embedded, tmp_path):
+    directory, output, _ = embedded
+    plain = str(tmp_path / "plain")
+    headrace.run(doc_embeddings(input=directory, output=plain, embed_length_grouping=False), DS, QUIET)
+
+    def by_chunk(path):
+        table = read_partition(path)
+        keys = zip(table.column("doc_id").to_pylist(), table.column("chunk_index").to_pylist())
+        return dict(zip(keys, table.column("embedding").to_numpy(zero_copy_only=False)))
+
+    grouped, ungrouped = by_chunk(output), by_chunk(plain)
+    assert grouped.keys() == ungrouped.keys()
+    cosine = [float(np.dot(grouped[k], ungrouped[k])) for k in grouped]
+    assert min(cosine) >= 0.999

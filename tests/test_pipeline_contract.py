@@ -134,3 +134,11 @@ def test_master_parsing():
     assert Master.parse("auto").kind == "cluster"
     with pytest.raises(ConfigError, match="expected local"):
         Master.parse("yarn")
+
+
+def test_threads_and_pool_size_can_be_overridden():
+    pipeline = build([Read(), Decode(), Model().with_(concurrency=1, cpu_threads=2)])
+    model = place(pipeline, Cluster(cpus=4, gpus=0, cores=2))[-1]
+    assert (model.actors, model.threads) == ((1, 1), 2)
+    model = place(build([Read(), Decode(), Model().with_(concurrency=1)]), Cluster(cpus=4, gpus=0, cores=2))[-1]
+    assert (model.actors, model.threads) == ((1, 1), 2)  # one actor gets both cores' threads
