@@ -46,11 +46,22 @@ def machine() -> str:
     return f"{cores} cores ({model}), {memory:.0f} GiB RAM, no GPU, Python {platform.python_version()}"
 
 
+def forward_share(name: str) -> str:
+    import json
+
+    path = os.path.join(WORK, f"report-{name}.json")
+    if not name.startswith("headrace") or not os.path.exists(path):
+        return "-"
+    with open(path) as handle:
+        share = json.load(handle)["utilisation"]["EmbedText"]["forward_fraction"]
+    return f"{share:.0%}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=1, help="runs of each; the best is reported")
-    parser.add_argument("--only", choices=["loop", "raydata", "headrace", "headrace-fp32"], action="append")
+    parser.add_argument("--only", choices=["loop", "raydata", "headrace", "headrace-fp32", "headrace-nogroup"], action="append")
     parser.add_argument("--no-record", action="store_true", help="print, do not append to RESULTS.md")
     args = parser.parse_args()
 
@@ -71,13 +82,19 @@ def main() -> None:
             "--conf", "headrace.progress=false",
         ],
     }
-    # The same job with the model in plain fp32, as the baselines run it.
+    # The same job with the model in plain fp32, as the baselines run it, and without
+    # length-grouped forward passes (to measure what grouping gains).
     commands["headrace-fp32"] = commands["headrace"] + ["--conf", "embed_precision=fp32"]
+    commands["headrace-nogroup"] = commands["headrace"] + ["--conf", "embed_length_grouping=false"]
+    for name in ("headrace", "headrace-fp32", "headrace-nogroup"):
+        commands[name] += ["--report", os.path.join(WORK, f"report-{name}.json")]
     times: dict[str, float] = {}
     for name in args.only or list(commands):
         best = float("inf")
         for _ in range(args.repeat):
             shutil.rmtree(os.path.join(WORK, f"out-{name.split('-')[0]}"), ignore_errors=True)
+            if os.path.exists(os.path.join(WORK, f"report-{name}.json")):
+                os.remove(os.path.join(WORK, f"report-{name}.json"))
             elapsed, _ = timed(commands[name], env)
             best = min(best, elapsed)
             print(f"{name:<9} {elapsed:7.1f} s  {files / elapsed:6.2f} docs/s", flush=True)
@@ -89,8 +106,8 @@ def main() -> None:
         f"Machine: {machine()}. Command: `make bench` (`python benchmarks/doc_embeddings.py --docs {args.docs} --repeat {args.repeat}`).",
         "Whole-process wall time, start-up included; best of the repeats.",
         "",
-        "| run | wall s | docs/s | vs loop | vs hand-written Ray Data |",
-        "|---|---:|---:|---:|---:|",
+        "| run | wall s | docs/s | vs loop | vs hand-written Ray Data | EmbedText forward share of actor time |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, seconds in times.items():
         vs_loop = f"{times['loop'] / seconds:.2f}x" if "loop" in times else "-"
@@ -100,8 +117,13 @@ def main() -> None:
             "raydata": "hand-written Ray Data (fp32)",
             "headrace": "headrace submit (embed_precision=auto: bf16 on AMX)",
             "headrace-fp32": "headrace submit, embed_precision=fp32",
+            "headrace-nogroup": "headrace submit, embed_length_grouping=false",
         }[name]
-        lines.append(f"| {label} | {seconds:.1f} | {files / seconds:.2f} | {vs_loop} | {vs_ray} |")
+        lines.append(f"| {label} | {seconds:.1f} | {files / seconds:.2f} | {vs_loop} | {vs_ray} | {forward_share(name)} |")
+    if "headrace" in times and "headrace-nogroup" in times:
+        lines.append("")
+        lines.append(f"Length-grouped forward passes: {times['headrace-nogroup'] / times['headrace']:.2f}x "
+                     "(headrace default vs the same with embed_length_grouping=false).")
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_record:

@@ -153,15 +153,16 @@ def backfill(pipeline, start, end, master, conf_pairs, properties_file, verbose)
 
 @main.command("demo-data")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--count", default=300, show_default=True, help="Number of documents.")
+@click.option("--count", default=300, show_default=True, help="Number of documents (images: 26).")
 @click.option("--seed", default=7, show_default=True)
 @_exits
 def demo_data(directory, count, seed):
-    """Write sample documents (HTML, markdown, text and a few broken ones) to DIRECTORY."""
-    from headrace.demo_data import write_documents
+    """Write sample documents and images (and a few broken ones) to DIRECTORY."""
+    from headrace.demo_data import write_documents, write_images
 
-    written = write_documents(directory, count=count, seed=seed)
-    click.echo(f"wrote {len(written)} documents to {directory}")
+    documents = write_documents(directory, count=count, seed=seed)
+    images = write_images(directory, seed=seed)
+    click.echo(f"wrote {len(documents)} documents and {len(images)} images to {directory}")
 
 
 if __name__ == "__main__":

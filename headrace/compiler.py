@@ -137,13 +137,15 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
             dataset = dataset.map_batches(fn, **common)
         else:
             low, high = placement.actors
+            initial = stage.pool_initial()
+            initial = min(max(initial, low), high) if initial is not None else None
             dataset = dataset.map_batches(
                 _StageActor,
                 fn_constructor_kwargs=dict(
                     stage=stage, schema=schema, keys=pipeline.keys,
                     device=placement.device, threads=placement.threads, ledger=ledger,
                 ),
-                compute=ActorPoolStrategy(min_size=low, max_size=high),
+                compute=ActorPoolStrategy(min_size=low, max_size=high, initial_size=initial),
                 num_gpus=placement.gpus or None,
                 **common,
             )

@@ -87,6 +87,32 @@ def broken_documents(rng: random.Random) -> dict[str, bytes]:
     }
 
 
+def write_images(directory: str, count: int = 24, seed: int = 7) -> list[str]:
+    """Small images in every format and mode the image pipeline reads, plus two broken ones."""
+    import io
+
+    from PIL import Image
+
+    rng = random.Random(seed)
+    formats = [("jpg", "JPEG", "RGB"), ("png", "PNG", "RGBA"), ("png", "PNG", "P"), ("webp", "WEBP", "RGB"),
+               ("gif", "GIF", "P"), ("bmp", "BMP", "RGB"), ("jpeg", "JPEG", "L")]
+    written = []
+    for index in range(count):
+        suffix, fmt, mode = formats[index % len(formats)]
+        width, height = rng.randint(32, 320), rng.randint(32, 320)
+        image = Image.new("RGB", (width, height), tuple(rng.randint(0, 255) for _ in range(3)))
+        for _ in range(6):  # a few rectangles, so images differ
+            x, y = rng.randint(0, width - 1), rng.randint(0, height - 1)
+            image.paste(tuple(rng.randint(0, 255) for _ in range(3)), (x, y, min(width, x + 40), min(height, y + 40)))
+        buffer = io.BytesIO()
+        image.convert(mode).save(buffer, fmt)
+        written.append(_write(directory, f"images/img-{index:03d}.{suffix}", buffer.getvalue()))
+    jpeg = open(written[0], "rb").read()
+    written.append(_write(directory, "images/broken/truncated.jpg", jpeg[: len(jpeg) // 2]))
+    written.append(_write(directory, "images/broken/not-an-image.png", b"this is text, not a PNG"))
+    return written
+
+
 def write_documents(directory: str, count: int = 300, seed: int = 7) -> list[str]:
     """Write ``count`` good documents (and a few broken ones) under ``directory``."""
     rng = random.Random(seed)

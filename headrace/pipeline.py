@@ -132,8 +132,13 @@ def _check_resources(stage: Stage) -> None:
     if stage.batch_format not in BATCH_FORMATS:
         raise PipelineError(f"stage {name}: batch_format must be one of {', '.join(BATCH_FORMATS)}")
     bounds = stage.pool_bounds()
+    if isinstance(stage.concurrency, tuple) and len(stage.concurrency) not in (2, 3):
+        raise PipelineError(f"stage {name}: concurrency must be n, (min, max) or (min, max, initial)")
     if bounds is not None and not (1 <= bounds[0] <= bounds[1]):
         raise PipelineError(f"stage {name}: concurrency must be n >= 1 or (min, max) with 1 <= min <= max")
+    initial = stage.pool_initial()
+    if initial is not None and not (bounds[0] <= initial <= bounds[1]):
+        raise PipelineError(f"stage {name}: the initial pool size must lie between min and max")
     if stage.gpus and not stage.stateful:
         raise PipelineError(f"stage {name} asks for GPUs but has no setup(); GPU stages run on actors")
 
@@ -142,7 +147,8 @@ def _pool(stage: Stage) -> str:
     bounds = stage.pool_bounds()
     if stage.stateful:
         size = "auto" if bounds is None else (f"{bounds[0]}" if bounds[0] == bounds[1] else f"{bounds[0]}..{bounds[1]}")
-        return f"actors {size}"
+        initial = stage.pool_initial()
+        return f"actors {size}" + (f" (start {initial})" if initial is not None else "")
     return "tasks" if bounds is None else f"tasks <= {bounds[1]}"
 
 

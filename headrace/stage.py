@@ -31,7 +31,7 @@ class Stage:
     cpus: float = 1.0
     gpus: float = 0.0  # whole, fractional (0.5 = two actors per GPU) or several
     memory: int | None = None  # bytes of heap to reserve per task or actor
-    concurrency: int | tuple[int, int] | None = None  # pool size, fixed or (min, max)
+    concurrency: int | tuple[int, ...] | None = None  # pool size: n, (min, max) or (min, max, initial)
     batch_format: str = "arrow"
 
     cpu_threads: int | None = None  # torch threads per actor on CPU; None: headrace decides
@@ -71,8 +71,14 @@ class Stage:
             return None
         if isinstance(self.concurrency, int):
             return (self.concurrency, self.concurrency)
-        low, high = self.concurrency
+        low, high = self.concurrency[:2]
         return (int(low), int(high))
+
+    def pool_initial(self) -> int | None:
+        """The number of actors to start with, where declared as (min, max, initial)."""
+        if isinstance(self.concurrency, tuple) and len(self.concurrency) == 3:
+            return int(self.concurrency[2])
+        return None
 
     def describe(self) -> str:
         return f"{self.stage_name}"

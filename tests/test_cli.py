@@ -139,3 +139,12 @@ def test_sigkilled_run_leaves_the_committed_partition_whole(ray_cluster, tmp_pat
 
 def _staged_parts(staging):
     return [f for _, _, files in os.walk(staging) for f in files if f.startswith("part-")]
+
+
+def test_demo_data_writes_documents_and_images(tmp_path):
+    result = headrace_cli("demo-data", str(tmp_path), "--count", "9")
+    assert result.returncode == 0, result.stderr
+    assert "wrote 13 documents and 26 images" in result.stdout
+    names = [os.path.relpath(os.path.join(d, f), tmp_path) for d, _, files in os.walk(tmp_path) for f in files]
+    assert {n.split("/")[0] for n in names} == {"html", "md", "txt", "broken", "images"}
+    assert len([n for n in names if n.startswith("images/img-")]) == 24

@@ -83,6 +83,9 @@ def test_key_columns_cannot_be_dropped_and_names_are_unique():
 def test_resources_are_checked():
     with pytest.raises(PipelineError, match="concurrency"):
         build([Read().with_(concurrency=(3, 1))])
+    with pytest.raises(PipelineError, match="initial pool size"):
+        build([Read(), Decode(), Model().with_(concurrency=(1, 4, 6))])
+    assert Model().with_(concurrency=(1, 4, 2)).pool_initial() == 2
     with pytest.raises(PipelineError, match="GPUs but has no setup"):
         build([Read().with_(gpus=1)])
     with pytest.raises(AttributeError, match="no setting 'gpu'"):
