@@ -51,8 +51,13 @@ def place(pipeline: Pipeline, cluster: Cluster, require_gpu: bool = False) -> li
     for stage in pipeline.stages:
         bounds = stage.pool_bounds()
         if stage.gpus and cluster.gpus >= stage.gpus:
-            most = max(1, int(cluster.gpus // stage.gpus)) if stage.gpus <= 1 else int(cluster.gpus // stage.gpus)
+            most = int(cluster.gpus // stage.gpus)
             low, high = bounds or (1, most)
+            if low > most:
+                raise ConfigError(
+                    f"stage {stage.stage_name} needs at least {low} actor(s) with gpus={stage.gpus:g} "
+                    f"but the cluster has {cluster.gpus:g} GPU(s)"
+                )
             placements.append(Placement(stage.stage_name, (low, min(high, most)), stage.cpus, stage.gpus, "cuda", 1))
         elif stage.gpus:
             if require_gpu:

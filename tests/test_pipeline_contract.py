@@ -129,6 +129,8 @@ def test_gpu_stage_gets_gpus_and_fractions_share_them():
     pipeline = build([Read(), Decode(), Model().with_(gpus=0.5)])
     model = place(pipeline, Cluster(cpus=8, gpus=2, cores=8))[-1]
     assert (model.actors, model.gpus, model.device) == ((1, 4), 0.5, "cuda")
+    with pytest.raises(ConfigError, match="at least 3 actor"):
+        place(build([Read(), Decode(), Model().with_(concurrency=3)]), Cluster(cpus=8, gpus=2, cores=8))
 
 
 def test_master_parsing():
