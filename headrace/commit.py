@@ -19,11 +19,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from headrace.errors import ConservationError
+from headrace.errors import ConservationError, QualityGateError
 from headrace.records import ERROR, split_errors
 from headrace.sink import QUARANTINE_SCHEMA, ParquetSink
 
 MANIFEST = "_SUCCESS"
+FAILED = "_FAILED"
 
 
 @dataclass
@@ -99,12 +100,17 @@ class PartitionCommit:
 
     # -- on the driver -------------------------------------------------------
 
-    def commit(self, parts: list[StagedPart], inputs: pa.Table, manifest: dict) -> dict:
-        """Check conservation, write the manifest, publish. Returns the manifest."""
+    def commit(
+        self, parts: list[StagedPart], inputs: pa.Table, manifest: dict, max_quarantine_fraction: float | None = None
+    ) -> dict:
+        """Check conservation and the quality gate, write the manifest, publish. Returns the manifest."""
         input_ids = set(inputs.column(self.keys[0]).to_pylist())
         with_output = set().union(*(p.data_ids for p in parts)) if parts else set()
         quarantined = set().union(*(p.quarantine_ids for p in parts)) if parts else set()
         _check_conservation(inputs, self.keys[0], input_ids, with_output, quarantined)
+        only_quarantined = len(quarantined - with_output)
+        if max_quarantine_fraction is not None and only_quarantined > max_quarantine_fraction * len(input_ids):
+            self._refuse(manifest, parts, len(input_ids), only_quarantined, max_quarantine_fraction)
 
         data_dir = os.path.join(self.staging, "data")
         files = [p for p in parts if p.data_path]
@@ -139,6 +145,33 @@ class PartitionCommit:
         publish_directory(data_dir, partition)
         shutil.rmtree(os.path.dirname(self.staging), ignore_errors=True)
         return manifest
+
+
+    def _refuse(self, manifest: dict, parts: list[StagedPart], inputs: int, bad: int, limit: float) -> None:
+        """The quality gate: publish nothing, keep the staged files, say why in _FAILED."""
+        reason = (
+            f"quality gate: {bad} of {inputs} inputs ({bad / inputs:.0%}) ended only in the quarantine, "
+            f"above max_quarantine_fraction={limit:g}"
+        )
+        failed = {
+            **manifest,
+            "run_id": self.run_id,
+            "ds": self.ds,
+            "status": "failed",
+            "reason": reason,
+            "counts": {
+                "input": inputs,
+                "output": sum(p.data_rows for p in parts),
+                "quarantined": sum(p.quarantine_rows for p in parts),
+                "input_quarantined_only": bad,
+            },
+            "staged": self.staging,
+        }
+        with open(os.path.join(self.staging, FAILED), "w") as handle:
+            json.dump(failed, handle, indent=2, default=str)
+        raise QualityGateError(
+            f"{reason}; nothing published; staged files, quarantine and _FAILED kept in {self.staging}"
+        )
 
 
 def _check_conservation(inputs, id_column, input_ids, with_output, quarantined) -> None:

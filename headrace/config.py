@@ -31,6 +31,7 @@ class EngineConf:
     num_gpus: int | None = None
     name: str | None = None
     require_gpu: bool = False
+    max_quarantine_fraction: float | None = None  # overrides the pipeline's quality gate
     progress: bool = True
     verbose: bool = False
 

@@ -28,10 +28,13 @@ class Pipeline:
     sink: ParquetSink
     schema: Any = None
     columns: Sequence[str] | None = None
+    max_quarantine_fraction: float | None = None  # quality gate: None publishes whatever the share
     _schemas: list[pa.Schema] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
+        if self.max_quarantine_fraction is not None and not 0 <= self.max_quarantine_fraction <= 1:
+            raise PipelineError("max_quarantine_fraction must lie between 0 and 1")
         object.__setattr__(self, "_schemas", self._check())
 
     @property
@@ -113,6 +116,8 @@ class Pipeline:
             schema_name = getattr(self.schema, "name", None) or "schema"
             lines.append(f"  schema  {schema_name}: {', '.join(_schema_columns(self.schema))}")
         lines.append(f"  sink    {self.sink.describe()}")
+        if self.max_quarantine_fraction is not None:
+            lines.append(f"  gate    at most {self.max_quarantine_fraction:.0%} of inputs only in the quarantine")
         lines.append("  output  " + ", ".join(f"{f.name}: {f.type}" for f in self.output_schema))
         return "\n".join(lines)
 

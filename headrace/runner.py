@@ -92,7 +92,9 @@ def run(
         "utilisation": utilisation,
         "timings": timings,
     }
-    manifest = commit.commit(parts, inputs, manifest)
+    gate = engine.max_quarantine_fraction if engine.max_quarantine_fraction is not None else pipeline.max_quarantine_fraction
+    manifest["max_quarantine_fraction"] = gate
+    manifest = commit.commit(parts, inputs, manifest, gate)
     timings["commit_s"] = time.perf_counter() - mark
     timings["total_s"] = time.perf_counter() - started
     return RunResult(manifest=manifest, warnings=warnings)

@@ -27,6 +27,7 @@ def pipeline(
     embed_precision: str = "auto",
     embed_length_grouping: bool = True,
     rows_per_file: int = 20_000,
+    max_quarantine_fraction: float = 0.5,
 ) -> Pipeline:
     """Settings are the keyword arguments (``--conf input=...``); ``model`` is a local folder."""
     return Pipeline(
@@ -43,5 +44,6 @@ def pipeline(
         ],
         schema=doc_embeddings_schema(),
         sink=ParquetSink(output, rows_per_file=rows_per_file),
+        max_quarantine_fraction=max_quarantine_fraction,
         columns=["doc_id", "source", "chunk_index", "num_chunks", "text", "embedding", "model"],
     )

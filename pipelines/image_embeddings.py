@@ -23,6 +23,7 @@ def pipeline(
     embed_gpus: float = 1.0,
     embed_precision: str = "auto",
     rows_per_file: int = 20_000,
+    max_quarantine_fraction: float = 0.5,
 ) -> Pipeline:
     """``model`` is a local folder with a transformers vision model and its image processor."""
     if not model:
@@ -35,5 +36,6 @@ def pipeline(
         stages=[ReadFiles(), decode, embed.with_(batch_size=embed_batch_size, gpus=embed_gpus)],
         schema=image_embeddings_schema(embed.adds["embedding"].list_size),
         sink=ParquetSink(output, rows_per_file=rows_per_file),
+        max_quarantine_fraction=max_quarantine_fraction,
         columns=["image_id", "source", "width", "height", "embedding", "model"],
     )
