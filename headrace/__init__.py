@@ -3,6 +3,7 @@
 from headrace.config import EngineConf
 from headrace.errors import ConfigError, ConservationError, HeadraceError, PipelineError
 from headrace.pipeline import Pipeline
+from headrace.records import TransientError
 from headrace.sink import ParquetSink
 from headrace.source import Files, stable_id
 from headrace.stage import Stage, fixed_size_list, table_to_numpy
@@ -21,6 +22,7 @@ __all__ = [
     "run",
     "stable_id",
     "table_to_numpy",
+    "TransientError",
 ]
 
 

@@ -7,6 +7,8 @@ batch-mates; each failing record becomes an error row keyed by the source column
 
 from __future__ import annotations
 
+import errno
+import time
 import traceback as tb
 
 import pyarrow as pa
@@ -37,6 +39,9 @@ def with_error_column(schema: pa.Schema) -> pa.Schema:
 
 def describe_exception(exc: BaseException) -> tuple[str, str, str]:
     message = str(exc) or type(exc).__name__
+    notes = getattr(exc, "__notes__", None)
+    if notes:
+        message = f"{message} ({'; '.join(notes)})"
     frames = tb.format_exception(type(exc), exc, exc.__traceback__, limit=-4)
     return type(exc).__name__, message[:MAX_MESSAGE], "".join(frames)[-MAX_TRACEBACK:]
 
@@ -118,7 +123,7 @@ def apply_stage(stage: Stage, table: pa.Table, out_schema: pa.Schema, keys: tupl
 
 def _run_isolated(stage: Stage, rows: pa.Table, out_schema: pa.Schema, keys: tuple[str, ...]) -> list[pa.Table]:
     try:
-        result = stage.call(rows)
+        result = _call_with_retries(stage, rows)
     except Exception as exc:  # noqa: BLE001 - any record-level failure is data
         if rows.num_rows == 1:
             error_type, message, trace = describe_exception(exc)
@@ -128,6 +133,41 @@ def _run_isolated(stage: Stage, rows: pa.Table, out_schema: pa.Schema, keys: tup
             stage, rows.slice(middle), out_schema, keys
         )
     return [conform(result, out_schema, stage.stage_name)]
+
+
+class TransientError(Exception):
+    """Raise (or subclass) this in a stage for a failure worth retrying: a flaky service."""
+
+
+# Failures that will not go away on retry, although they are OSErrors.
+_PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+_TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EIO, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED, errno.EBUSY}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Timeouts, dropped connections, 429 and 5xx answers: worth another try."""
+    if isinstance(exc, _PERMANENT_OS_ERRORS):
+        return False
+    if isinstance(exc, (TransientError, ConnectionError, TimeoutError)):
+        return True
+    status = getattr(exc, "code", None) or getattr(exc, "status", None)
+    if isinstance(status, int) and (status == 429 or 500 <= status < 600):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
+
+
+def _call_with_retries(stage: Stage, rows: pa.Table) -> pa.Table:
+    """stage.call(rows), retrying transient failures with exponential backoff."""
+    for attempt in range(stage.retries + 1):
+        try:
+            return stage.call(rows)
+        except Exception as exc:  # noqa: BLE001
+            if attempt == stage.retries or not is_transient(exc):
+                if attempt:
+                    exc.add_note(f"failed {attempt + 1} times; transient failures were retried")
+                raise
+            time.sleep(min(stage.retry_backoff_s * 2**attempt, 30.0))
+    raise AssertionError("unreachable")
 
 
 def _carry_errors(failed: pa.Table, out_schema: pa.Schema) -> pa.Table:

@@ -33,6 +33,8 @@ class Stage:
     memory: int | None = None  # bytes of heap to reserve per task or actor
     concurrency: int | tuple[int, ...] | None = None  # pool size: n, (min, max) or (min, max, initial)
     batch_format: str = "arrow"
+    retries: int = 3  # transient failures (timeouts, resets, 429/5xx) retried per call
+    retry_backoff_s: float = 0.2  # first wait; doubles each retry
 
     cpu_threads: int | None = None  # torch threads per actor on CPU; None: headrace decides
 

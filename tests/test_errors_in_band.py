@@ -75,3 +75,38 @@ def test_every_batch_has_the_declared_schema_even_when_all_rows_fail():
     assert out.schema == OUT and out.column(ERROR).null_count == 0
     empty = apply_stage(Length(), batch_of([]), OUT, KEYS)
     assert empty.schema == OUT and empty.num_rows == 0
+
+
+class Flaky(Stage):
+    """Fails transiently a few times on 'flaky' records; 'down' records never recover."""
+
+    needs = ("text",)
+    adds = {"length": pa.int64()}
+    retry_backoff_s = 0.001
+
+    def __init__(self, failures):
+        self.failures = failures
+        self.calls = 0
+
+    def process(self, batch):
+        texts = batch.column("text").to_pylist()
+        if any("down" in t for t in texts):
+            raise ConnectionError("service unavailable")
+        if any("flaky" in t for t in texts) and self.calls < self.failures:
+            self.calls += 1
+            raise TimeoutError("read timed out")
+        if any("missing" in t for t in texts):
+            raise FileNotFoundError("no such file")
+        return batch.append_column("length", pa.array([len(t) for t in texts], pa.int64()))
+
+
+def test_transient_failures_are_retried_and_permanent_ones_quarantined():
+    stage = Flaky(failures=2)
+    out = apply_stage(stage, batch_of(["a", "flaky b", "c"]), OUT, KEYS)
+    assert out.column(ERROR).null_count == 3 and stage.calls == 2  # retried, nothing lost
+
+    out = apply_stage(Flaky(failures=0), batch_of(["a", "down b", "missing c", "d"]), OUT, KEYS)
+    errors = {r["doc_id"]: r[ERROR] for r in out.to_pylist() if r[ERROR]}
+    assert set(errors) == {"id1", "id2"}
+    assert errors["id1"]["error_type"] == "ConnectionError" and "failed 4 times" in errors["id1"]["message"]
+    assert errors["id2"]["error_type"] == "FileNotFoundError" and "failed" not in errors["id2"]["message"]
