@@ -32,6 +32,25 @@ class NoVisibleText(ValueError):
     pass
 
 
+class HtmlTooDeep(ValueError):
+    pass
+
+
+# HTML parsers take time quadratic in nesting depth (200,000 nested divs: two minutes).
+# Browsers stop nesting at a few hundred levels; deeper pages are hostile or broken.
+MAX_HTML_DEPTH = 1000
+_CONTAINER_TAGS = re.compile(r"<(/?)(?:div|span|section|article|table|ul|ol|blockquote)\b", re.IGNORECASE)
+
+
+def html_depth(html: str) -> int:
+    """The deepest nesting of container elements that need explicit end tags."""
+    depth = deepest = 0
+    for match in _CONTAINER_TAGS.finditer(html):
+        depth = max(depth - 1, 0) if match.group(1) else depth + 1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 class DecodeText(Stage):
     """Bytes to text: UTF-8 first, else the charset charset-normalizer detects.
 
@@ -114,6 +133,9 @@ class HtmlToText(Stage):
 def visible_text(html: str) -> str:
     from selectolax.lexbor import LexborHTMLParser
 
+    depth = html_depth(html)
+    if depth > MAX_HTML_DEPTH:
+        raise HtmlTooDeep(f"HTML nests {depth:,} elements deep, more than {MAX_HTML_DEPTH:,}")
     tree = LexborHTMLParser(html)
     tree.strip_tags(INVISIBLE + BOILERPLATE, recursive=True)
     root = tree.body or tree.root

@@ -63,3 +63,16 @@ def test_chunks_fit_the_model_and_tokenize_back_to_their_ids():
     assert out.column("chunk_index").to_pylist() == list(range(out.num_rows))
     # Nothing is lost between chunks: the words of the document are all there, in order.
     assert "".join("".join(out.column("text").to_pylist()).split()) == "".join(text.split())
+
+
+def test_hostile_nesting_is_refused_quickly():
+    import time
+
+    from stages.text import HtmlTooDeep
+
+    html = "<html><body>" + "<div>" * 100_000 + "deep" + "</div>" * 100_000 + "</body></html>"
+    started = time.perf_counter()
+    with pytest.raises(HtmlTooDeep, match="100,000 elements deep"):
+        visible_text(html)
+    assert time.perf_counter() - started < 5  # parsing it would take about a minute
+    assert visible_text("<div>" * 50 + "fine" + "</div>" * 50) == "fine"
