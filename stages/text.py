@@ -185,35 +185,72 @@ class ChunkText(Stage):
     }
     batch_size = 16
 
-    def __init__(self, tokenizer: str | None = None, max_tokens: int = 256):
+    def __init__(self, tokenizer: str | None = None, max_tokens: int = 256, segment_chars: int = 1_000_000):
         if max_tokens < 8:
             raise ValueError("max_tokens must be at least 8")
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
+        self.segment_chars = segment_chars
 
     def process(self, batch: pa.Table) -> pa.Table:
         tokenizer = load_tokenizer(self.tokenizer or default_model_path())
         prefix, suffix = _special_tokens(tokenizer)
         window = self.max_tokens - len(prefix) - len(suffix)
         texts = batch.column("text").to_pylist()
-        parents, chunks, indexes, counts, ids = [], [], [], [], []
-        for row, (text, encoding) in enumerate(zip(texts, tokenizer.encode_batch(texts, add_special_tokens=False))):
-            spans = word_windows(encoding.word_ids, window)
-            if not spans:
+        short = [t if len(t) <= self.segment_chars else "" for t in texts]
+        encodings = tokenizer.encode_batch(short, add_special_tokens=False)
+        parents, chunks, ids, counts = [], [], [], []
+        for row, (text, encoding) in enumerate(zip(texts, encodings)):
+            pieces = (
+                self._spans(text, 0, encoding, window)
+                if len(text) <= self.segment_chars
+                else [
+                    span
+                    for start, segment in segments(text, self.segment_chars)
+                    for span in self._spans(segment, start, tokenizer.encode(segment, add_special_tokens=False), window)
+                ]
+            )
+            if not pieces:
                 raise EmptyDocument("text has no tokens")
-            for index, (start, end) in enumerate(spans):
+            for chunk_text, chunk_ids in pieces:
                 parents.append(row)
-                chunks.append(text[encoding.offsets[start][0] : encoding.offsets[end - 1][1]])
-                indexes.append(index)
-                counts.append(len(spans))
-                ids.append(prefix + encoding.ids[start:end] + suffix)
+                chunks.append(chunk_text)
+                ids.append(prefix + chunk_ids + suffix)
+            counts.append(len(pieces))
         out = batch.drop_columns(["text"]).take(pa.array(parents, pa.int64()))
+        indexes = [i for n in counts for i in range(n)]
+        totals = [n for n in counts for _ in range(n)]
         return (
             out.append_column("text", pa.array(chunks, pa.string()))
             .append_column("chunk_index", pa.array(indexes, pa.int32()))
-            .append_column("num_chunks", pa.array(counts, pa.int32()))
+            .append_column("num_chunks", pa.array(totals, pa.int32()))
             .append_column("input_ids", pa.array(ids, pa.list_(pa.int32())))
         )
+
+    @staticmethod
+    def _spans(text: str, base: int, encoding, window: int) -> list[tuple[str, list[int]]]:
+        # Each Encoding property builds a fresh list: read them once per text.
+        token_ids, offsets = encoding.ids, encoding.offsets
+        return [
+            (text[offsets[start][0] : offsets[end - 1][1]], token_ids[start:end])
+            for start, end in word_windows(encoding.word_ids, window)
+        ]
+
+
+def segments(text: str, limit: int):
+    """(offset, piece) of at most ``limit`` characters, cut after whitespace where there is some.
+
+    Tokenising a 50-million-character line at once takes gigabytes; pieces keep it bounded.
+    """
+    start = 0
+    while start < len(text):
+        end = min(start + limit, len(text))
+        if end < len(text):
+            cut = max(text.rfind(" ", start, end), text.rfind("\n", start, end))
+            if cut > start:
+                end = cut + 1
+        yield start, text[start:end]
+        start = end
 
 
 def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
