@@ -71,9 +71,3 @@ def connect(master: Master, num_cpus: int | None = None, num_gpus: int | None = 
     cores = master.cores if master.kind == "local" and master.cores else max(1, int(cpus))
     return Cluster(cpus=cpus, gpus=float(resources.get("GPU", 0)), cores=cores)
 
-
-def shutdown() -> None:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()

@@ -82,9 +82,6 @@ class Stage:
             return int(self.concurrency[2])
         return None
 
-    def describe(self) -> str:
-        return f"{self.stage_name}"
-
     # -- batch format conversion -------------------------------------------------
 
     def call(self, table: pa.Table) -> pa.Table:
