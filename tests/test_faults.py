@@ -24,3 +24,28 @@ def test_an_actor_that_dies_mid_batch_is_restarted_and_nothing_is_lost_or_double
     ids = pq.read_table(str(tmp_path / "out" / "ds=2026-07-01")).column("doc_id").to_pylist()
     assert sorted(ids) == sorted(stable_id("file://" + s) for s in sources)  # each input once
     assert not os.path.exists(tmp_path / "out" / "_quarantine" / "ds=2026-07-01" / "part-00000.parquet")
+
+
+FLAKY = os.path.join(ROOT, "tests", "fixtures", "flaky_inputs.py")
+
+
+def test_transient_read_failures_are_retried_and_the_output_equals_a_clean_run(tmp_path):
+    for index in range(10):
+        write(str(tmp_path / "in"), f"doc-{index}.txt", ("word " * (index + 1)).encode())
+    ledger = tmp_path / "opens"
+    ledger.mkdir()
+    outputs = {}
+    for name, url in (("clean", f"{tmp_path}/in"), ("flaky", f"flaky://{tmp_path}/in")):
+        env = {**os.environ, "FLAKY_DIR": str(ledger), "FLAKY_FAIL_AT": "2,5,6"}
+        result = subprocess.run(
+            [*HEADRACE, "submit", FLAKY, "--master", "local[2]", "--ds", "2026-07-02",
+             "--conf", f"input={url}", "--conf", f"output={tmp_path}/out-{name}"],
+            capture_output=True, text=True, cwd=ROOT, timeout=300, env=env,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        table = pq.read_table(str(tmp_path / f"out-{name}" / "ds=2026-07-02"))
+        outputs[name] = sorted(zip([os.path.basename(s) for s in table.column("source").to_pylist()],
+                                   table.column("words").to_pylist()))
+        assert not list((tmp_path / f"out-{name}" / "_quarantine" / "ds=2026-07-02").iterdir())
+    assert len(os.listdir(ledger)) >= 10 + 3  # three opens failed, and their batches were read again
+    assert outputs["flaky"] == outputs["clean"] and len(outputs["clean"]) == 10
