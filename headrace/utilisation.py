@@ -1,7 +1,7 @@
 """Model utilisation: where each actor-pool stage spends its time.
 
-Every call of an actor stage is recorded (actor, start, end, rows, forward seconds);
-from these the run report shows, per stage, rows/s, the fraction of actor wall time in
+Every call of an actor stage is reported (actor, start, end, rows, forward seconds) and
+summed per actor; from these the run report shows, per stage, rows/s, the fraction of actor wall time in
 process() and in forward passes, the time actors waited for input, and the pool size
 over the run. This is how a user sees whether the model or its feed is the bottleneck.
 """
@@ -27,35 +27,47 @@ class Call:
 
 
 @dataclass
+class ActorTotals:
+    """What one actor did, summed over its calls (memory stays constant however long the run)."""
+
+    ready: float
+    last: float
+    busy_s: float = 0.0
+    rows: int = 0
+    forward_s: float | None = None
+    gpu_ids: tuple = ()
+
+
+@dataclass
 class Ledger:
-    calls: list[Call] = field(default_factory=list)
+    actors: dict[tuple[str, str], ActorTotals] = field(default_factory=dict)
 
     def record(self, call: Call) -> None:
-        self.calls.append(call)
+        totals = self.actors.setdefault((call.stage, call.actor), ActorTotals(call.ready, call.ended, gpu_ids=call.gpu_ids))
+        totals.last = max(totals.last, call.ended)
+        totals.busy_s += call.ended - call.started
+        totals.rows += call.rows
+        if call.forward_s is not None:
+            totals.forward_s = (totals.forward_s or 0.0) + call.forward_s
 
     def summary(self) -> dict[str, dict]:
-        by_stage: dict[str, list[Call]] = defaultdict(list)
-        for call in self.calls:
-            by_stage[call.stage].append(call)
-        return {stage: _stage_summary(calls) for stage, calls in by_stage.items()}
+        by_stage: dict[str, list[ActorTotals]] = defaultdict(list)
+        for (stage, _), totals in self.actors.items():
+            by_stage[stage].append(totals)
+        return {stage: _stage_summary(actors) for stage, actors in by_stage.items()}
 
 
-def _stage_summary(calls: list[Call]) -> dict:
-    actors: dict[str, list[Call]] = defaultdict(list)
-    for call in calls:
-        actors[call.actor].append(call)
-    lives = {a: (min(c.ready for c in cs), max(c.ended for c in cs)) for a, cs in actors.items()}
-    wall = sum(end - start for start, end in lives.values())
-    busy = sum(c.ended - c.started for c in calls)
-    forward = [c.forward_s for c in calls if c.forward_s is not None]
-    first = min(start for start, _ in lives.values())
-    last = max(end for _, end in lives.values())
-    span = max(last - first, 1e-9)
-    rows = sum(c.rows for c in calls)
+def _stage_summary(actors: list[ActorTotals]) -> dict:
+    wall = sum(a.last - a.ready for a in actors)
+    busy = sum(a.busy_s for a in actors)
+    forward = [a.forward_s for a in actors if a.forward_s is not None]
+    first = min(a.ready for a in actors)
+    span = max(max(a.last for a in actors) - first, 1e-9)
+    rows = sum(a.rows for a in actors)
     timeline = []
     for index in range(SAMPLES + 1):
         moment = first + span * index / SAMPLES
-        alive = sum(1 for start, end in lives.values() if start <= moment <= end)
+        alive = sum(1 for a in actors if a.ready <= moment <= a.last)
         timeline.append({"t_s": round(moment - first, 2), "actors": alive})
     return {
         "rows": rows,
@@ -67,7 +79,7 @@ def _stage_summary(calls: list[Call]) -> dict:
         "forward_fraction": (sum(forward) / wall if wall else 0.0) if forward else None,
         "waiting_s": max(wall - busy, 0.0),
         "pool_timeline": timeline,
-        "gpu_ids": sorted({tuple(c.gpu_ids) for c in calls}),
+        "gpu_ids": sorted({tuple(a.gpu_ids) for a in actors}),
     }
 
 
