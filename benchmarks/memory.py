@@ -26,41 +26,50 @@ ROOT = os.path.dirname(HERE)
 WORK = os.path.join(HERE, "work")
 
 
-def tree_pss(root: psutil.Process) -> int:
-    total = 0
+def tree_pss(root: psutil.Process) -> tuple[int, dict[str, int]]:
+    """Total PSS of ``root`` and its descendants, and PSS by process kind."""
+    total, kinds = 0, {}
     for process in [root, *root.children(recursive=True)]:
         try:
-            total += process.memory_full_info().pss
+            pss = process.memory_full_info().pss
+            kind = process.name() if process.pid != root.pid else "driver"
         except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
+            continue
+        total += pss
+        kinds[kind] = kinds.get(kind, 0) + pss
+    return total, kinds
 
 
-def measured_run(corpus: str, output: str) -> tuple[float, int]:
+def measured_run(corpus: str, output: str, conf: list[str]) -> tuple[float, int, dict[str, int]]:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, "-m", "headrace.cli", "submit", "pipelines/doc_embeddings.py", "--ds", "2026-01-01",
                "--conf", f"input={corpus}", "--conf", f"output={output}", "--conf", "headrace.progress=false"]
+    for pair in conf:
+        command += ["--conf", pair]
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = 0
+    peak, at_peak = 0, {}
     done = threading.Event()
     stderr: list[str] = []
     reader = threading.Thread(target=lambda: (stderr.append(process.stderr.read()), done.set()))
     reader.start()
     root = psutil.Process(process.pid)
     while process.poll() is None:
-        peak = max(peak, tree_pss(root))
+        total, kinds = tree_pss(root)
+        if total > peak:
+            peak, at_peak = total, kinds
         time.sleep(0.5)
     reader.join()
     elapsed = time.perf_counter() - started
     if process.returncode != 0:
         sys.exit(f"run failed ({process.returncode}):\n{stderr[0][-3000:]}")
-    return elapsed, peak
+    return elapsed, peak, at_peak
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=1000)
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="passed to headrace submit")
     args = parser.parse_args()
     from headrace.demo_data import write_documents
 
@@ -70,15 +79,17 @@ def main() -> None:
         if not os.path.isdir(corpus):
             write_documents(corpus, count=count, seed=2026)
         files = sum(len(f) for _, _, f in os.walk(corpus))
-        elapsed, peak = measured_run(corpus, os.path.join(WORK, f"out-memory-{count}"))
+        elapsed, peak, at_peak = measured_run(corpus, os.path.join(WORK, f"out-memory-{count}"), args.conf)
         results[count] = (files, elapsed, peak)
         print(f"{files:>6} docs  {elapsed:7.1f} s  {files / elapsed:6.2f} docs/s  peak {peak / 2**30:.2f} GiB", flush=True)
+        top = sorted(at_peak.items(), key=lambda item: -item[1])[:8]
+        print("    at the peak: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in top), flush=True)
 
     (n_files, n_s, n_peak), (m_files, m_s, m_peak) = results.values()
     lines = [
         f"### Peak memory, doc-embeddings, {n_files} vs {m_files} documents — {dt.date.today().isoformat()}",
         "",
-        f"Command: `python benchmarks/memory.py --docs {args.docs}`. Peak PSS of the driver and all local Ray",
+        f"Command: `python benchmarks/memory.py --docs {args.docs}{''.join(' --conf ' + c for c in args.conf)}`. Peak PSS of the driver and all local Ray",
         "processes (GCS, raylet, object store, workers), sampled every 0.5 s.",
         "",
         "| documents | wall s | docs/s | peak memory |",
