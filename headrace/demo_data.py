@@ -96,7 +96,7 @@ def write_images(directory: str, count: int = 24, seed: int = 7) -> list[str]:
     rng = random.Random(seed)
     formats = [("jpg", "JPEG", "RGB"), ("png", "PNG", "RGBA"), ("png", "PNG", "P"), ("webp", "WEBP", "RGB"),
                ("gif", "GIF", "P"), ("bmp", "BMP", "RGB"), ("jpeg", "JPEG", "L")]
-    written = []
+    written, first = [], b""
     for index in range(count):
         suffix, fmt, mode = formats[index % len(formats)]
         width, height = rng.randint(32, 320), rng.randint(32, 320)
@@ -106,9 +106,9 @@ def write_images(directory: str, count: int = 24, seed: int = 7) -> list[str]:
             image.paste(tuple(rng.randint(0, 255) for _ in range(3)), (x, y, min(width, x + 40), min(height, y + 40)))
         buffer = io.BytesIO()
         image.convert(mode).save(buffer, fmt)
+        first = first or buffer.getvalue()
         written.append(_write(directory, f"images/img-{index:03d}.{suffix}", buffer.getvalue()))
-    jpeg = open(written[0], "rb").read()
-    written.append(_write(directory, "images/broken/truncated.jpg", jpeg[: len(jpeg) // 2]))
+    written.append(_write(directory, "images/broken/truncated.jpg", first[: len(first) // 2]))
     written.append(_write(directory, "images/broken/not-an-image.png", b"this is text, not a PNG"))
     return written
 

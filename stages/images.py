@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from headrace import Stage, fixed_size_list
-from stages.models import TorchModel
+from stages.models import TorchModel, check_precision
 
 DEFAULT_MAX_PIXELS = 40_000_000  # about 200 MB as RGB; larger claims are decompression bombs
 
@@ -129,7 +129,7 @@ class EmbedImages(TorchModel):
         dimensions = getattr(config, "projection_dim", None) or vision.hidden_size
         self.model_path = model
         self.shapes = {"pixel_values": tuple(shape)}
-        self.precision = precision
+        self.precision = check_precision(precision)
         self.normalize = normalize
         self.adds = {"embedding": pa.list_(pa.float32(), int(dimensions)), "model": pa.string()}
 

@@ -49,8 +49,7 @@ class TorchModel(Stage):
     def setup(self) -> None:
         import torch
 
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
         torch.set_num_threads(self.threads)
         self._device = self.device if self.device == "cpu" or torch.cuda.is_available() else "cpu"
         self._cuda = self._device.startswith("cuda")
@@ -154,9 +153,7 @@ class EmbedText(TorchModel):
         dimensions: int = 384,
         precision: str = "auto",
     ):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        self.precision = precision
+        self.precision = check_precision(precision)
         self.model_path = model
         self.model_name = model_name
         self.adds = {"embedding": pa.list_(pa.float32(), dimensions), "model": pa.string()}
@@ -179,6 +176,12 @@ class EmbedText(TorchModel):
     def process(self, batch: pa.Table) -> pa.Table:
         table = super().process(batch)
         return table.append_column("model", pa.array([self.model_name] * batch.num_rows, pa.string()))
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 def autocast_dtype(precision: str, device: str):
