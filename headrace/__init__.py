@@ -1,5 +1,7 @@
 """headrace: declarative stages compiled into one Ray Data streaming graph."""
 
+__version__ = "0.1.0"
+
 from headrace.config import EngineConf
 from headrace.errors import ConfigError, ConservationError, HeadraceError, PipelineError
 from headrace.pipeline import Pipeline

@@ -85,15 +85,18 @@ def _resolve(pipeline, conf_pairs, properties_file, flags, ds, pipeline_args=())
 @click.option("--num-cpus", type=int, help="Logical CPUs for a local Ray.")
 @click.option("--num-gpus", type=int, help="GPUs for a local Ray.")
 @click.option("--require-gpu", is_flag=True, default=None, help="Fail (exit 2) instead of falling back to CPU.")
+@click.option("--resume/--no-resume", default=None,
+              help="Keep what a killed run of the same ds and configuration staged (default: on).")
 @click.option("--dry-run", is_flag=True, help="Check settings and list inputs; run nothing.")
 @click.option("--verbose", "-v", is_flag=True)
 @click.option("--report", type=click.Path(), help="Write the JSON run report here.")
 @click.argument("pipeline_args", nargs=-1, type=click.UNPROCESSED)
 @_exits
-def submit(pipeline, master, conf_pairs, properties_file, ds, name, num_cpus, num_gpus, require_gpu, dry_run, verbose, report, pipeline_args):
+def submit(pipeline, master, conf_pairs, properties_file, ds, name, num_cpus, num_gpus, require_gpu, resume, dry_run, verbose, report, pipeline_args):
     """Run PIPELINE (path/to/pipeline.py or package.module:attr) for one logical date."""
     _logging(verbose)
-    flags = dict(master=master, name=name, num_cpus=num_cpus, num_gpus=num_gpus, require_gpu=require_gpu, verbose=verbose or None)
+    flags = dict(master=master, name=name, num_cpus=num_cpus, num_gpus=num_gpus, require_gpu=require_gpu,
+                 resume=resume, verbose=verbose or None)
     _, run_conf, built = _resolve(pipeline, conf_pairs, properties_file, flags, ds, pipeline_args)
     if dry_run:
         inputs = built.source.list()

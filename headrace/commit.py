@@ -1,43 +1,72 @@
 """The commit protocol: stage files, check conservation, publish the partition atomically.
 
-Write tasks stage one data file and one quarantine file each, named after their task
-index, so a retried task overwrites its own files. Only when every task is done does
-the driver check that every input is accounted for, write the ``_SUCCESS`` manifest
-into the staged directory and swap it with the published one in a single rename.
+Everything of a run for date D is staged under ``OUT/_staging/ds=D/``:
+
+    _RUN                       the fingerprint of the configuration, and the attempts so far
+    data/part-A-T.parquet      rows staged by write task T of attempt A
+    quarantine/part-A-T.parquet
+    progress/part-A-T.json     what that task staged: rows, files, and per input its weight
+
+A write task writes its data and quarantine files first and its progress file last, so
+a progress file is the task's commit point; a retried task overwrites its own files.
+When every task is done, the driver checks that every input is accounted for, writes
+the ``_SUCCESS`` manifest into the staged directory and swaps it with the published
+one in a single rename.
+
+Resume: a run for the same date and the same configuration (the same fingerprint)
+keeps what an earlier, killed attempt staged. An input is complete when the weights of
+its staged rows add up to the full weight it entered with; complete inputs are not
+processed again, and rows of incomplete ones are removed from the staged files before
+the new attempt starts. A different configuration discards the staged files instead.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import json
+import logging
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from headrace.errors import ConservationError, QualityGateError
-from headrace.records import ERROR, split_errors
+from headrace.records import ERROR, FULL_WEIGHT, WEIGHT, split_errors
 from headrace.sink import QUARANTINE_SCHEMA, ParquetSink
 
+log = logging.getLogger("headrace")
 MANIFEST = "_SUCCESS"
 FAILED = "_FAILED"
+RUN = "_RUN"
 
 
 @dataclass
 class StagedPart:
-    """What one write task staged: file paths, row counts and the record ids they hold."""
+    """What one write task staged: its files, row counts and the weight of every input in it."""
 
-    data_path: str | None = None
+    name: str = ""
     data_rows: int = 0
     data_bytes: int = 0
-    quarantine_path: str | None = None
     quarantine_rows: int = 0
     data_ids: list[str] = field(default_factory=list)
     quarantine_ids: list[str] = field(default_factory=list)
+    weights: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.parquet"
+
+
+@dataclass
+class Resumed:
+    """What an earlier attempt of the same run left that this attempt keeps."""
+
+    attempt: int = 0
+    parts: list[StagedPart] = field(default_factory=list)
+    complete: set[str] = field(default_factory=set)
+    discarded: str = ""  # why earlier staged files were thrown away, if they were
 
 
 @dataclass
@@ -47,39 +76,143 @@ class PartitionCommit:
     run_id: str
     keys: tuple[str, ...]
     output_schema: pa.Schema
+    fingerprint: str = ""
+    attempt: int = 0
 
     @property
     def staging(self) -> str:
-        return self.sink.staging(self.ds, self.run_id)
+        return self.sink.staging(self.ds)
 
-    def prepare(self) -> None:
-        """Create this run's staging area; earlier runs' leftovers for this date are removed."""
-        parent = os.path.dirname(self.staging)
-        if os.path.isdir(parent):
-            shutil.rmtree(parent)
-        os.makedirs(os.path.join(self.staging, "data"))
-        os.makedirs(os.path.join(self.staging, "quarantine"))
+    def _path(self, *names: str) -> str:
+        return os.path.join(self.staging, *names)
+
+    def prepare(self, resume: bool = True, description: dict | None = None) -> Resumed:
+        """Create the staging area, keeping an earlier attempt's parts when resuming is allowed.
+
+        Earlier staged files of another configuration, of a run that was publishing, or
+        of a run that asked not to resume are removed, and the reason is returned.
+        """
+        storage = self.sink.storage()
+        resumed = Resumed()
+        previous = storage.read_json(self._path(RUN)) if storage.exists(self._path(RUN)) else None
+        if previous is not None and resume and previous.get("fingerprint") == self.fingerprint and not previous.get("publishing"):
+            resumed.attempt = len(previous.get("attempts", []))
+            resumed.parts = self._staged_parts(storage)
+            attempts = previous.get("attempts", [])
+        else:
+            if previous is not None:
+                resumed.discarded = (
+                    "resume is off" if not resume
+                    else "the earlier run was publishing when it stopped" if previous.get("publishing")
+                    else "the configuration changed"
+                ) + f" (earlier attempts: {', '.join(previous.get('attempts', [])) or '-'})"
+            if storage.exists(self.staging):
+                storage.remove(self.staging, recursive=True)
+            attempts = []
+        for sub in ("data", "quarantine", "progress"):
+            storage.makedirs(self._path(sub))
+        storage.remove(self._path(FAILED), missing_ok=True)
+        self.attempt = resumed.attempt
+        storage.write_json(
+            self._path(RUN),
+            {"fingerprint": self.fingerprint, "attempts": [*attempts, self.run_id], "ds": self.ds, **(description or {})},
+        )
+        return resumed
+
+    def _staged_parts(self, storage) -> list[StagedPart]:
+        """The parts with a progress file; files that have none (a task killed half-way) are removed."""
+        parts = []
+        for name in storage.listdir(self._path("progress")):
+            if name.endswith(".json") and not name.startswith("."):
+                parts.append(StagedPart(**storage.read_json(self._path("progress", name))))
+        known = {p.file for p in parts}
+        for sub in ("data", "quarantine", "progress"):
+            for name in storage.listdir(self._path(sub)):
+                if name not in known and not (sub == "progress" and name[:-5] + ".parquet" in known):
+                    storage.remove(self._path(sub, name), recursive=True)
+        return parts
+
+    def keep_complete(self, resumed: Resumed, input_ids: list[str]) -> None:
+        """Find the inputs an earlier attempt finished, and strip every other input's rows
+        from its staged files (they are made again). Fills ``resumed.complete``."""
+        if not resumed.parts:
+            return
+        wanted = set(input_ids)
+        totals: dict[str, int] = {}
+        for part in resumed.parts:
+            for key, weight in part.weights.items():
+                totals[key] = totals.get(key, 0) + weight
+        complete = {k for k, total in totals.items() if total == FULL_WEIGHT and k in wanted}
+        storage = self.sink.storage()
+        kept = []
+        for index, part in enumerate(resumed.parts):
+            if set(part.weights) <= complete:
+                kept.append(part)
+                continue
+            replacement = self._strip(storage, part, complete, f"part-{self.attempt:03d}-r{index:05d}")
+            if replacement is not None:
+                kept.append(replacement)
+        resumed.parts, resumed.complete = kept, complete
+
+    def _strip(self, storage, part: StagedPart, complete: set[str], name: str) -> StagedPart | None:
+        """Rewrite ``part`` with only the rows of complete inputs, under a new name.
+
+        Order matters for a kill at any point: the new files first, then the old progress
+        file goes, then the new one is written, then the old files go. A kill in between
+        leaves files without a progress file, which the next attempt removes; never two
+        progress files claiming the same rows.
+        """
+        id_column = self.keys[0]
+        replacement = StagedPart(name=name)
+        keep = sorted(set(part.weights) & complete)
+        for sub in ("data", "quarantine"):
+            path = self._path(sub, part.file)
+            if not (part.data_rows if sub == "data" else part.quarantine_rows):
+                continue
+            table = storage.read_parquet(path)
+            column = id_column if sub == "data" else "record_id"
+            if column not in table.column_names:
+                keep = []  # the output has no id column: this part cannot be split, so redo it all
+                break
+            table = table.filter(pc.is_in(table.column(column), pa.array(keep, pa.string())))
+            if not table.num_rows:
+                continue
+            size = storage.write_parquet(table, self._path(sub, replacement.file), self.sink.compression)
+            ids = pc.unique(table.column(column)).to_pylist()
+            if sub == "data":
+                replacement.data_rows, replacement.data_bytes, replacement.data_ids = table.num_rows, size, ids
+            else:
+                replacement.quarantine_rows, replacement.quarantine_ids = table.num_rows, ids
+        replacement.weights = {k: part.weights[k] for k in keep}
+        storage.remove(self._path("progress", f"{part.name}.json"))
+        if keep:
+            storage.write_json(self._path("progress", f"{name}.json"), asdict(replacement))
+        for sub in ("data", "quarantine"):
+            storage.remove(self._path(sub, part.file), missing_ok=True)
+        return replacement if keep else None
 
     # -- in write tasks ------------------------------------------------------
 
     def write_part(self, table: pa.Table, task_index: int) -> StagedPart:
-        healthy, failed = split_errors(table)
-        part = StagedPart()
+        storage = self.sink.storage()
+        part = StagedPart(name=f"part-{self.attempt:03d}-{task_index:05d}")
         id_column = self.keys[0]
-        name = f"part-{task_index:05d}.parquet"
+        if WEIGHT in table.column_names:
+            for key, weight in zip(table.column(id_column).to_pylist(), table.column(WEIGHT).to_pylist()):
+                part.weights[key] = part.weights.get(key, 0) + weight
+        healthy, failed = split_errors(table)
         if healthy.num_rows:
             data = healthy.select(self.output_schema.names).cast(self.output_schema)
-            part.data_path = os.path.join(self.staging, "data", name)
-            _write_atomic(data, part.data_path, self.sink.compression)
+            part.data_bytes = storage.write_parquet(data, self._path("data", part.file), self.sink.compression)
             part.data_rows = data.num_rows
-            part.data_bytes = os.path.getsize(part.data_path)
             part.data_ids = pc.unique(healthy.column(id_column)).to_pylist()
         if failed.num_rows:
             quarantine = self._quarantine_rows(failed)
-            part.quarantine_path = os.path.join(self.staging, "quarantine", name)
-            _write_atomic(quarantine, part.quarantine_path, self.sink.compression)
+            storage.write_parquet(quarantine, self._path("quarantine", part.file), self.sink.compression)
             part.quarantine_rows = quarantine.num_rows
             part.quarantine_ids = pc.unique(failed.column(id_column)).to_pylist()
+        # Last: the progress file is what makes this task's files count.
+        storage.write_json(self._path("progress", f"{part.name}.json"), asdict(part))
         return part
 
     def _quarantine_rows(self, failed: pa.Table) -> pa.Table:
@@ -104,6 +237,7 @@ class PartitionCommit:
         self, parts: list[StagedPart], inputs: pa.Table, manifest: dict, max_quarantine_fraction: float | None = None
     ) -> dict:
         """Check conservation and the quality gate, write the manifest, publish. Returns the manifest."""
+        storage = self.sink.storage()
         input_ids = set(inputs.column(self.keys[0]).to_pylist())
         with_output = set().union(*(p.data_ids for p in parts)) if parts else set()
         quarantined = set().union(*(p.quarantine_ids for p in parts)) if parts else set()
@@ -112,21 +246,17 @@ class PartitionCommit:
         if max_quarantine_fraction is not None and only_quarantined > max_quarantine_fraction * len(input_ids):
             self._refuse(manifest, parts, len(input_ids), only_quarantined, max_quarantine_fraction)
 
-        data_dir = os.path.join(self.staging, "data")
-        files = [p for p in parts if p.data_path]
+        files = [(p.file, p.data_rows, p.data_bytes) for p in parts if p.data_rows]
         if not files:  # readers still find the schema of an empty partition
-            empty = os.path.join(data_dir, "part-00000.parquet")
-            _write_atomic(self.output_schema.empty_table(), empty, self.sink.compression)
-            files = [StagedPart(data_path=empty, data_bytes=os.path.getsize(empty))]
+            name = "part-00000.parquet"
+            size = storage.write_parquet(self.output_schema.empty_table(), self._path("data", name), self.sink.compression)
+            files = [(name, 0, size)]
         partition = self.sink.partition(self.ds)
         manifest = {
             **manifest,
             "run_id": self.run_id,
             "ds": self.ds,
-            "files": [
-                {"path": os.path.basename(p.data_path), "rows": p.data_rows, "bytes": p.data_bytes}
-                for p in sorted(files, key=lambda p: p.data_path)
-            ],
+            "files": [{"path": name, "rows": rows, "bytes": size} for name, rows, size in sorted(files)],
             "counts": {
                 "input": len(input_ids),
                 "output": sum(p.data_rows for p in parts),
@@ -138,14 +268,16 @@ class PartitionCommit:
             "partition": partition,
             "quarantine": self.sink.quarantine(self.ds),
         }
-        with open(os.path.join(data_dir, MANIFEST), "w") as handle:
-            json.dump(manifest, handle, indent=2, default=str)
+        storage.write_json(self._path("data", MANIFEST), manifest)
+        # From here on the staged files are not to be resumed: a kill during the swap
+        # could leave the old partition's files where the staged ones were.
+        run = storage.read_json(self._path(RUN))
+        storage.write_json(self._path(RUN), {**run, "publishing": True})
         # Quarantine first: the data partition's manifest is the commit point.
-        publish_directory(os.path.join(self.staging, "quarantine"), self.sink.quarantine(self.ds))
-        publish_directory(data_dir, partition)
-        shutil.rmtree(os.path.dirname(self.staging), ignore_errors=True)
+        publish_directory(self._path("quarantine"), self.sink.quarantine(self.ds))
+        publish_directory(self._path("data"), partition)
+        storage.remove(self.staging, recursive=True, missing_ok=True)
         return manifest
-
 
     def _refuse(self, manifest: dict, parts: list[StagedPart], inputs: int, bad: int, limit: float) -> None:
         """The quality gate: publish nothing, keep the staged files, say why in _FAILED."""
@@ -167,8 +299,7 @@ class PartitionCommit:
             },
             "staged": self.staging,
         }
-        with open(os.path.join(self.staging, FAILED), "w") as handle:
-            json.dump(failed, handle, indent=2, default=str)
+        self.sink.storage().write_json(self._path(FAILED), failed)
         raise QualityGateError(
             f"{reason}; nothing published; staged files, quarantine and _FAILED kept in {self.staging}"
         )
@@ -184,12 +315,6 @@ def _check_conservation(inputs, id_column, input_ids, with_output, quarantined) 
             f"conservation check failed: {len(missing)} input(s) neither in the output nor in "
             f"the quarantine (e.g. {example or '-'}); {len(unknown)} unknown id(s); nothing published"
         )
-
-
-def _write_atomic(table: pa.Table, path: str, compression: str) -> None:
-    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
-    pq.write_table(table, temporary, compression=compression)
-    os.replace(temporary, path)
 
 
 _RENAME_EXCHANGE = 2

@@ -22,7 +22,7 @@ from headrace import loader
 from headrace.commit import PartitionCommit, StagedPart
 from headrace.errors import ConfigError
 from headrace.pipeline import Pipeline
-from headrace.records import ERROR, ERROR_TYPE, apply_stage
+from headrace.records import ERROR, ERROR_TYPE, FULL_WEIGHT, WEIGHT, apply_stage
 from headrace.runtime import Cluster
 from headrace.stage import Stage
 from headrace.utilisation import Call, Ledger
@@ -124,7 +124,9 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
     """The streaming Dataset for ``inputs`` (a table of records from the source)."""
     for module in loader.FILE_MODULES:
         ray.cloudpickle.register_pickle_by_value(module)
-    records = inputs.append_column(ERROR, pa.nulls(inputs.num_rows, ERROR_TYPE))
+    records = inputs.append_column(ERROR, pa.nulls(inputs.num_rows, ERROR_TYPE)).append_column(
+        WEIGHT, pa.array([FULL_WEIGHT] * inputs.num_rows, pa.int64())
+    )
     # Small inputs still get enough blocks to keep every actor of a pool busy.
     step = max(1, min(pipeline.source.files_per_block, -(-records.num_rows // MIN_BLOCKS)))
     blocks = [records.slice(i, step) for i in range(0, records.num_rows, step)]
@@ -175,14 +177,14 @@ class StagedParquetDatasink(Datasink):
     def get_name(self) -> str:
         return "StageParquet"
 
-    def write(self, blocks, ctx) -> StagedPart:
+    def write(self, blocks, ctx) -> StagedPart | None:
         tables = [block for block in blocks if block.num_rows]
         if not tables:
-            return StagedPart()
+            return None
         return self.commit.write_part(pa.concat_tables(tables), ctx.task_idx)
 
     def on_write_complete(self, write_result) -> None:
-        self.parts = list(write_result.write_returns)
+        self.parts = [part for part in write_result.write_returns if part is not None]
 
 
 def execute(pipeline: Pipeline, inputs: pa.Table, placements: list[Placement], commit: PartitionCommit) -> tuple[list[StagedPart], dict]:

@@ -34,6 +34,7 @@ class EngineConf:
     max_quarantine_fraction: float | None = None  # overrides the pipeline's quality gate
     progress: bool = True
     verbose: bool = False
+    resume: bool = True  # keep what a killed run of the same ds and configuration staged
 
 
 @dataclass

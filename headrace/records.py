@@ -25,6 +25,11 @@ ERROR_TYPE = pa.struct(
         ("traceback", pa.string()),
     ]
 )
+# Every input record enters with FULL_WEIGHT; a stage shares each record's weight among
+# the rows it makes of it (exactly, in integers). An input whose staged rows add up to
+# FULL_WEIGHT is complete, which is what lets a killed run resume where it stopped.
+WEIGHT = "_weight"
+FULL_WEIGHT = 1 << 62
 MAX_MESSAGE = 1000
 MAX_TRACEBACK = 2000
 
@@ -72,7 +77,7 @@ def error_rows(
     for field in schema:
         if field.name == ERROR:
             columns.append(error)
-        elif field.name in keys:
+        elif field.name in keys or (field.name == WEIGHT and WEIGHT in rows.column_names):
             columns.append(rows.column(field.name).cast(field.type))
         else:
             columns.append(pa.nulls(n, field.type))
@@ -110,29 +115,66 @@ def conform(table: pa.Table, schema: pa.Schema, stage: str) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def with_weights(schema: pa.Schema) -> pa.Schema:
+    return schema.append(pa.field(WEIGHT, pa.int64()))
+
+
 def apply_stage(stage: Stage, table: pa.Table, out_schema: pa.Schema, keys: tuple[str, ...]) -> pa.Table:
-    """Run ``stage`` on the healthy rows of ``table``; pass earlier error rows through."""
+    """Run ``stage`` on the healthy rows of ``table``; pass earlier error rows through.
+
+    ``out_schema`` is what the stage emits (error column included); when ``table``
+    carries record weights, the result carries them too, shared among the new rows.
+    """
+    weighted = WEIGHT in table.column_names
+    schema = with_weights(out_schema) if weighted else out_schema
     healthy, failed = split_errors(table)
-    parts = _run_isolated(stage, healthy, out_schema, keys) if healthy.num_rows else []
+    parts = _run_isolated(stage, healthy, out_schema, keys, weighted) if healthy.num_rows else []
     if failed.num_rows:
-        parts.append(_carry_errors(failed, out_schema))
+        parts.append(_carry_errors(failed, schema))
     if not parts:
-        return out_schema.empty_table()
+        return schema.empty_table()
     return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
 
-def _run_isolated(stage: Stage, rows: pa.Table, out_schema: pa.Schema, keys: tuple[str, ...]) -> list[pa.Table]:
+def _run_isolated(
+    stage: Stage, rows: pa.Table, out_schema: pa.Schema, keys: tuple[str, ...], weighted: bool
+) -> list[pa.Table]:
     try:
-        result = _call_with_retries(stage, rows)
+        result = _call_with_retries(stage, rows.drop_columns([WEIGHT]) if weighted else rows)
     except Exception as exc:  # noqa: BLE001 - any record-level failure is data
         if rows.num_rows == 1:
             error_type, message, trace = describe_exception(exc)
-            return [error_rows(rows, out_schema, keys, stage.stage_name, error_type, message, trace)]
+            schema = with_weights(out_schema) if weighted else out_schema
+            return [error_rows(rows, schema, keys, stage.stage_name, error_type, message, trace)]
         middle = rows.num_rows // 2
-        return _run_isolated(stage, rows.slice(0, middle), out_schema, keys) + _run_isolated(
-            stage, rows.slice(middle), out_schema, keys
+        return _run_isolated(stage, rows.slice(0, middle), out_schema, keys, weighted) + _run_isolated(
+            stage, rows.slice(middle), out_schema, keys, weighted
         )
-    return [conform(result, out_schema, stage.stage_name)]
+    result = conform(result, out_schema, stage.stage_name)
+    if weighted:
+        result = result.append_column(WEIGHT, share_weights(rows, result, keys[0]))
+    return [result]
+
+
+def share_weights(inputs: pa.Table, outputs: pa.Table, id_column: str) -> pa.Array:
+    """The weights of ``outputs``: each record's input weight split exactly among its output rows."""
+    totals: dict[str, int] = {}
+    for key, weight in zip(inputs.column(id_column).to_pylist(), inputs.column(WEIGHT).to_pylist()):
+        totals[key] = totals.get(key, 0) + weight
+    out_ids = outputs.column(id_column).to_pylist()
+    counts: dict[str, int] = {}
+    for key in out_ids:
+        counts[key] = counts.get(key, 0) + 1
+    seen: set[str] = set()
+    weights = []
+    for key in out_ids:
+        total, count = totals.get(key, 0), counts[key]
+        share = total // count
+        if key not in seen:  # the first row takes the remainder
+            share += total % count
+            seen.add(key)
+        weights.append(share)
+    return pa.array(weights, pa.int64())
 
 
 class TransientError(Exception):

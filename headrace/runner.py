@@ -9,9 +9,15 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from headrace import runtime
+import hashlib
+import json
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from headrace import __version__, runtime
 from headrace.commit import PartitionCommit
-from headrace.config import EngineConf, default_ds
+from headrace.config import ENGINE_PREFIX, EngineConf, default_ds
 from headrace.pipeline import Pipeline
 
 log = logging.getLogger("headrace")
@@ -71,11 +77,26 @@ def run(
     timings["start_s"] = time.perf_counter() - started - timings["list_s"]
 
     run_id = new_run_id()
-    commit = PartitionCommit(pipeline.sink, ds, run_id, pipeline.keys, pipeline.output_schema)
-    commit.prepare()
-    log.info("run %s: %d input files -> %s", run_id, inputs.num_rows, pipeline.sink.partition(ds))
+    settings = {k: v for k, v in (config or {}).items() if not k.startswith(ENGINE_PREFIX)}
+    commit = PartitionCommit(
+        pipeline.sink, ds, run_id, pipeline.keys, pipeline.output_schema, fingerprint(pipeline, settings)
+    )
+    resumed = commit.prepare(engine.resume, {"pipeline": pipeline.name, "config": settings})
+    if resumed.discarded:
+        log.warning("staged files of an earlier run for ds=%s discarded: %s", ds, resumed.discarded)
+    commit.keep_complete(resumed, inputs.column(pipeline.keys[0]).to_pylist())
+    todo = inputs
+    if resumed.complete:
+        done = pc.is_in(inputs.column(pipeline.keys[0]), pa.array(sorted(resumed.complete), pa.string()))
+        todo = inputs.filter(pc.invert(done))
+        log.warning(
+            "resuming ds=%s (attempt %d): %d of %d inputs were already staged; processing the other %d",
+            ds, resumed.attempt + 1, len(resumed.complete), inputs.num_rows, todo.num_rows,
+        )
+    log.info("run %s: %d input files -> %s", run_id, todo.num_rows, pipeline.sink.partition(ds))
     mark = time.perf_counter()
-    parts, utilisation = compiler.execute(pipeline, inputs, placements, commit)
+    parts, utilisation = compiler.execute(pipeline, todo, placements, commit) if todo.num_rows else ([], {})
+    parts = resumed.parts + parts
     timings["process_s"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -91,6 +112,12 @@ def run(
         "cluster": {"cpus": cluster.cpus, "gpus": cluster.gpus, "cores": cluster.cores},
         "utilisation": utilisation,
         "timings": timings,
+        "resume": {
+            "attempt": resumed.attempt + 1,
+            "inputs_resumed": len(resumed.complete),
+            "inputs_processed": todo.num_rows,
+            "discarded": resumed.discarded or None,
+        },
     }
     gate = engine.max_quarantine_fraction if engine.max_quarantine_fraction is not None else pipeline.max_quarantine_fraction
     manifest["max_quarantine_fraction"] = gate
@@ -98,6 +125,32 @@ def run(
     timings["commit_s"] = time.perf_counter() - mark
     timings["total_s"] = time.perf_counter() - started
     return RunResult(manifest=manifest, warnings=warnings)
+
+
+def fingerprint(pipeline: Pipeline, settings: dict[str, Any]) -> str:
+    """What decides the rows of a run: the pipeline's settings, stages, schema and sink.
+
+    Staged files of a run with another fingerprint are never mixed into this one.
+    Engine settings (master, CPUs, the quality gate) do not change rows and are left out.
+    """
+    def plain(value: Any) -> Any:
+        return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value) if isinstance(value, (tuple, list, dict)) else type(value).__qualname__
+
+    stages = [
+        {"class": f"{type(s).__module__}.{type(s).__qualname__}", "name": s.stage_name,
+         **{k: plain(v) for k, v in sorted(vars(s).items()) if k not in ("device", "threads")}}
+        for s in pipeline.stages
+    ]
+    document = {
+        "headrace": __version__,
+        "pipeline": pipeline.name,
+        "settings": {k: plain(v) for k, v in sorted(settings.items())},
+        "stages": stages,
+        "output": str(pipeline.output_schema),
+        "source": repr(pipeline.source),
+        "sink": repr(pipeline.sink),
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _configure_progress(enabled: bool) -> None:

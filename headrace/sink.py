@@ -9,6 +9,7 @@ import fsspec
 import pyarrow as pa
 
 from headrace.errors import PipelineError
+from headrace.storage import Storage
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -27,21 +28,39 @@ QUARANTINE_SCHEMA = pa.schema(
 class ParquetSink:
     """Parquet files under ``url``: ``ds=D/`` for data, ``_quarantine/ds=D/`` for error rows.
 
-    ``url`` may contain ``{ds}``; it is expanded with the run's logical date.
+    ``url`` may contain ``{ds}``; it is expanded with the run's logical date. Files are
+    written through fsspec (``storage_options`` go to the filesystem); the partition is
+    published with an atomic directory swap, so the filesystem must be a local one (a
+    local or network disk) for now.
     """
 
     url: str
     rows_per_file: int = 20_000
     compression: str = "zstd"
+    storage_options: dict | None = None
+    retries: int = 5  # transient storage failures retried per file operation
+    retry_backoff_s: float = 0.2
 
     def __post_init__(self) -> None:
-        protocol = fsspec.core.split_protocol(self.url)[0]
-        if protocol not in (None, "file", "local"):
+        protocol = fsspec.core.split_protocol(self.url)[0] or "file"
+        try:
+            cls = fsspec.get_filesystem_class(protocol)
+        except (ImportError, ValueError) as exc:
+            raise PipelineError(f"output {self.url!r}: {exc}") from exc
+        if not getattr(cls, "local_file", False):
             raise PipelineError(
-                f"output {self.url!r}: only local paths are supported for output so far"
+                f"output {self.url!r}: only local (or mounted network) paths are supported for output so far"
             )
         if self.rows_per_file < 1:
             raise PipelineError("rows_per_file must be at least 1")
+
+    def filesystem(self) -> fsspec.AbstractFileSystem:
+        """The output filesystem, made in the process that writes (a task, or the driver)."""
+        protocol = fsspec.core.split_protocol(self.url)[0] or "file"
+        return fsspec.filesystem(protocol, **(self.storage_options or {}))
+
+    def storage(self) -> Storage:
+        return Storage(self.filesystem(), self.retries, self.retry_backoff_s)
 
     def root(self, ds: str) -> str:
         path = fsspec.core.strip_protocol(self.url.replace("{ds}", ds))
@@ -53,8 +72,8 @@ class ParquetSink:
     def quarantine(self, ds: str) -> str:
         return os.path.join(self.root(ds), "_quarantine", f"ds={ds}")
 
-    def staging(self, ds: str, run_id: str) -> str:
-        return os.path.join(self.root(ds), "_staging", f"ds={ds}", run_id)
+    def staging(self, ds: str) -> str:
+        return os.path.join(self.root(ds), "_staging", f"ds={ds}")
 
     def describe(self) -> str:
         return f"parquet {self.url}/ds={{ds}}  (quarantine: _quarantine/ds={{ds}}, {self.rows_per_file} rows/file)"

@@ -1,5 +1,6 @@
 """Faults Ray must absorb without losing or duplicating a record."""
 
+import json
 import os
 import subprocess
 
@@ -29,17 +30,20 @@ def test_an_actor_that_dies_mid_batch_is_restarted_and_nothing_is_lost_or_double
 FLAKY = os.path.join(ROOT, "tests", "fixtures", "flaky_inputs.py")
 
 
-def test_transient_read_failures_are_retried_and_the_output_equals_a_clean_run(tmp_path):
+def test_transient_storage_faults_are_retried_and_the_output_equals_a_clean_run(tmp_path):
+    """Opens, file creations, writes and renames fail now and then, on the read and the write side."""
     for index in range(10):
         write(str(tmp_path / "in"), f"doc-{index}.txt", ("word " * (index + 1)).encode())
-    ledger = tmp_path / "opens"
+    ledger = tmp_path / "ops"
     ledger.mkdir()
+    failing = {"open": [2, 5, 6], "create": [3], "write": [4, 9], "rename": [2, 6]}
     outputs = {}
-    for name, url in (("clean", f"{tmp_path}/in"), ("flaky", f"flaky://{tmp_path}/in")):
-        env = {**os.environ, "FLAKY_DIR": str(ledger), "FLAKY_FAIL_AT": "2,5,6"}
+    for name, scheme in (("clean", ""), ("flaky", "flaky://")):
+        env = {**os.environ, "FLAKY_DIR": str(ledger),
+               "FLAKY_FAIL": ";".join(f"{k}:{','.join(map(str, v))}" for k, v in failing.items())}
         result = subprocess.run(
             [*HEADRACE, "submit", FLAKY, "--master", "local[2]", "--ds", "2026-07-02",
-             "--conf", f"input={url}", "--conf", f"output={tmp_path}/out-{name}"],
+             "--conf", f"input={scheme}{tmp_path}/in", "--conf", f"output={scheme}{tmp_path}/out-{name}"],
             capture_output=True, text=True, cwd=ROOT, timeout=300, env=env,
         )
         assert result.returncode == 0, result.stderr[-3000:]
@@ -47,5 +51,11 @@ def test_transient_read_failures_are_retried_and_the_output_equals_a_clean_run(t
         outputs[name] = sorted(zip([os.path.basename(s) for s in table.column("source").to_pylist()],
                                    table.column("words").to_pylist()))
         assert not list((tmp_path / f"out-{name}" / "_quarantine" / "ds=2026-07-02").iterdir())
-    assert len(os.listdir(ledger)) >= 10 + 3  # three opens failed, and their batches were read again
+        assert not os.path.exists(tmp_path / f"out-{name}" / "_staging" / "ds=2026-07-02")
+        if name == "flaky":
+            manifest = json.loads((tmp_path / "out-flaky" / "ds=2026-07-02" / "_SUCCESS").read_text())
+            assert manifest["counts"] == {**manifest["counts"], "input": 10, "output": 10, "quarantined": 0}
+    # Every chosen operation was reached (so it did fail), and the work went on past it.
+    done = {kind: sum(1 for f in os.listdir(ledger) if f.startswith(kind + "-")) for kind in failing}
+    assert all(done[kind] > max(numbers) for kind, numbers in failing.items()), done
     assert outputs["flaky"] == outputs["clean"] and len(outputs["clean"]) == 10

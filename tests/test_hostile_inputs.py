@@ -2,7 +2,6 @@
 
 import os
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 import headrace

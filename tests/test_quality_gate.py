@@ -36,13 +36,17 @@ def test_above_the_gate_exits_3_and_keeps_the_published_partition(tmp_path):
     assert pq.read_table(str(partition)).num_rows == 7
 
     # The failed attempt is kept for inspection, with its reason.
-    [staged] = (tmp_path / "out" / "_staging" / "ds=2026-06-01").iterdir()
+    staged = tmp_path / "out" / "_staging" / "ds=2026-06-01"
     failed = json.loads((staged / "_FAILED").read_text())
     assert failed["status"] == "failed" and "max_quarantine_fraction=0.1" in failed["reason"]
     assert pq.read_table(str(staged / "quarantine")).num_rows == 3
     assert pq.read_table(str(staged / "data")).num_rows == 10 - 3
 
     # At 30% allowed, the same input commits.
+    # The gate is an engine setting: the rerun resumes the staged attempt instead of redoing it.
     ok = submit(tmp_path, "headrace.max_quarantine_fraction=0.3")
     assert ok.returncode == 0, ok.stderr[-2000:]
-    assert json.loads((partition / "_SUCCESS").read_text())["counts"]["input_quarantined_only"] == 3
+    manifest = json.loads((partition / "_SUCCESS").read_text())
+    assert manifest["counts"]["input_quarantined_only"] == 3
+    assert manifest["resume"]["inputs_resumed"] == 10 and manifest["resume"]["inputs_processed"] == 0
+    assert pq.read_table(str(partition)).num_rows == 7

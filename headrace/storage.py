@@ -1,0 +1,132 @@
+"""Output storage: every file operation of the sink goes through fsspec and is retried.
+
+Object stores and network disks fail now and then with timeouts, dropped connections
+or 429/5xx answers. Each operation here is retried with exponential backoff when the
+failure is transient; a permanent one (permission denied, no such bucket) is raised at
+once. Writes go to a hidden temporary name first and are renamed into place, so a
+reader or a retried task never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import time
+import uuid
+from typing import Any, Callable, TypeVar
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from headrace.records import is_transient
+
+log = logging.getLogger("headrace")
+T = TypeVar("T")
+
+
+class Storage:
+    """An fsspec filesystem with retried operations on absolute paths of that filesystem."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, retries: int = 5, backoff_s: float = 0.2):
+        self.fs = fs
+        self.retries = retries
+        self.backoff_s = backoff_s
+
+    @property
+    def local(self) -> bool:
+        """Paths are paths of this machine's file system (renames are atomic there)."""
+        return bool(getattr(self.fs, "local_file", False))
+
+    def retry(self, what: str, operation: Callable[[], T]) -> T:
+        for attempt in range(self.retries + 1):
+            try:
+                return operation()
+            except Exception as exc:  # noqa: BLE001 - classified below
+                if attempt == self.retries or not is_transient(exc):
+                    if attempt:
+                        exc.add_note(f"{what}: failed {attempt + 1} times; transient failures were retried")
+                    raise
+                wait = min(self.backoff_s * 2**attempt, 30.0)
+                log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, wait)
+                time.sleep(wait)
+        raise AssertionError("unreachable")
+
+    # -- files -----------------------------------------------------------------
+
+    def write_parquet(self, table: pa.Table, path: str, compression: str = "zstd") -> int:
+        """Write ``table`` to ``path`` atomically; returns the file's size in bytes."""
+
+        def write(handle) -> None:
+            pq.write_table(table, handle, compression=compression)
+
+        return self._write(path, write)
+
+    def write_json(self, path: str, document: Any) -> None:
+        data = json.dumps(document, indent=2, default=str).encode()
+        self._write(path, lambda handle: handle.write(data))
+
+    def _write(self, path: str, write: Callable[[Any], None]) -> int:
+        directory, name = posixpath.split(path)
+        temporary = posixpath.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+
+        def attempt() -> None:
+            with self.fs.open(temporary, "wb") as handle:
+                write(handle)
+
+        try:
+            self.retry(f"write {path}", attempt)
+            self.rename(temporary, path)
+        except BaseException:
+            self.remove(temporary, missing_ok=True)
+            raise
+        return self.retry(f"size of {path}", lambda: self.fs.size(path))
+
+    def read_parquet(self, path: str) -> pa.Table:
+        def read() -> pa.Table:
+            with self.fs.open(path, "rb") as handle:
+                return pq.read_table(handle)
+
+        return self.retry(f"read {path}", read)
+
+    def read_json(self, path: str) -> Any:
+        return json.loads(self.retry(f"read {path}", lambda: self.fs.cat_file(path)))
+
+    def rename(self, source: str, target: str) -> None:
+        def move() -> None:
+            try:
+                self.fs.mv(source, target)
+            except FileNotFoundError:
+                # An earlier attempt may have moved it before its answer was lost.
+                if self.fs.exists(source) or not self.fs.exists(target):
+                    raise
+
+        self.retry(f"rename {source} -> {target}", move)
+
+    def remove(self, path: str, recursive: bool = False, missing_ok: bool = False) -> None:
+        def remove() -> None:
+            try:
+                self.fs.rm(path, recursive=recursive)
+            except FileNotFoundError:
+                if not missing_ok:
+                    raise
+
+        self.retry(f"remove {path}", remove)
+
+    def exists(self, path: str) -> bool:
+        return self.retry(f"look up {path}", lambda: self.fs.exists(path))
+
+    def makedirs(self, path: str) -> None:
+        self.retry(f"create {path}", lambda: self.fs.makedirs(path, exist_ok=True))
+
+    def listdir(self, path: str) -> list[str]:
+        """Names (not paths) of the entries of ``path``; empty when it does not exist."""
+        def listing() -> list[str]:
+            try:
+                entries = self.fs.ls(path, detail=False)
+            except FileNotFoundError:
+                return []
+            return sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
+
+        return self.retry(f"list {path}", listing)

@@ -1,0 +1,142 @@
+"""Resume: a run killed part-way is finished by the next run of the same date and configuration."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+
+import psutil
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+import headrace
+from conftest import HEADRACE, QUIET, ROOT, write
+from headrace.errors import QualityGateError
+
+SLOW = os.path.join(ROOT, "tests", "fixtures", "slow_lines.py")
+DS = "2026-08-01"
+
+
+def lines_corpus(directory, count, seed, exploding=()):
+    rng = random.Random(seed)
+    for index in range(count):
+        lines = [f"line {j} of file {index}: " + " ".join(rng.choice("abcdefgh") * 3 for _ in range(5))
+                 for j in range(rng.randint(1, 5))]
+        if index in exploding:
+            lines.append("explode")
+        write(directory, f"f-{index:03d}.txt", "\n".join(lines).encode())
+
+
+def rows(output):
+    data = pq.read_table(os.path.join(output, f"ds={DS}"))
+    quarantine = pq.read_table(os.path.join(output, "_quarantine", f"ds={DS}"))
+    return (
+        sorted(zip(*(data.column(c).to_pylist() for c in ("doc_id", "source", "line_index", "line")))),
+        sorted(zip(*(quarantine.column(c).to_pylist() for c in ("record_id", "source", "error_type")))),
+    )
+
+
+def submit(*conf):
+    args = [*HEADRACE, "submit", SLOW, "--ds", DS]
+    for pair in conf:
+        args += ["--conf", pair]
+    return args
+
+
+def test_a_sigkilled_run_is_resumed_and_publishes_exactly_a_clean_runs_rows(ray_cluster, tmp_path):
+    small, large, output = str(tmp_path / "small"), str(tmp_path / "large"), str(tmp_path / "out")
+    lines_corpus(small, 3, seed=1)
+    lines_corpus(large, 60, seed=2, exploding=(7, 33))
+    first = headrace.run(headrace_pipeline(small, output), DS, QUIET)
+    partition = os.path.join(output, f"ds={DS}")
+    snapshot = {f: os.path.getsize(os.path.join(partition, f)) for f in os.listdir(partition)}
+
+    conf = (f"input={large}", f"output={output}", "delay=0.4", "headrace.progress=false")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    driver = subprocess.Popen(submit(*conf), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    progress = os.path.join(output, "_staging", f"ds={DS}", "progress")
+    ray_processes = []
+    try:
+        deadline = time.time() + 240
+        while len([f for f in _listdir(progress) if f.endswith(".json")]) < 3:
+            assert driver.poll() is None, "the run ended before it was killed"
+            assert time.time() < deadline, "nothing was staged in time"
+            # The committed partition stays readable while the new run works.
+            assert pads.dataset(output, format="parquet", partitioning="hive").count_rows() == first.counts["output"]
+            time.sleep(0.2)
+        ray_processes = psutil.Process(driver.pid).children(recursive=True)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        for process in ray_processes:  # the local Ray the killed driver had started
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+    # The killed run staged files, but the published partition is the old one, byte for byte.
+    assert os.listdir(progress)
+    assert {f: os.path.getsize(os.path.join(partition, f)) for f in os.listdir(partition)} == snapshot
+    assert json.load(open(os.path.join(partition, "_SUCCESS")))["run_id"] == first.manifest["run_id"]
+    assert pads.dataset(output, format="parquet", partitioning="hive").count_rows() == first.counts["output"]
+
+    resumed = subprocess.run(submit(*conf), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming ds=2026-08-01 (attempt 2)" in resumed.stderr
+    manifest = json.load(open(os.path.join(partition, "_SUCCESS")))
+    assert 0 < manifest["resume"]["inputs_resumed"] < 60
+    assert manifest["resume"]["inputs_resumed"] + manifest["resume"]["inputs_processed"] == 60
+    assert not os.path.exists(os.path.join(output, "_staging", f"ds={DS}"))
+
+    clean = str(tmp_path / "clean")
+    headrace.run(headrace_pipeline(large, clean), DS, QUIET)
+    data, quarantine = rows(output)
+    assert (data, quarantine) == rows(clean)
+    assert len({(row[0], row[2]) for row in data}) == len(data)  # no row twice
+    assert len(quarantine) == 2 and manifest["counts"]["input"] == 60
+
+
+def test_a_changed_configuration_never_mixes_with_staged_files(ray_cluster, tmp_path):
+    corpus, output = str(tmp_path / "in"), str(tmp_path / "out")
+    lines_corpus(corpus, 6, seed=3, exploding=(2,))
+    engine = headrace.EngineConf(progress=False, max_quarantine_fraction=0.0)
+    with pytest.raises(QualityGateError):  # leaves its staged files behind
+        headrace.run(headrace_pipeline(corpus, output), DS, engine, {"input": corpus, "delay": 0.0})
+    assert os.path.exists(os.path.join(output, "_staging", f"ds={DS}", "_FAILED"))
+
+    changed = headrace.run(headrace_pipeline(corpus, output, rows_per_file=2), DS, QUIET,
+                           {"input": corpus, "delay": 0.0, "rows_per_file": 2})
+    assert "configuration changed" in changed.manifest["resume"]["discarded"]
+    assert changed.manifest["resume"]["inputs_resumed"] == 0 and changed.counts["input_quarantined_only"] == 1
+
+    # The same configuration resumes; --no-resume (resume=False) starts afresh.
+    with pytest.raises(QualityGateError):
+        headrace.run(headrace_pipeline(corpus, output), DS, engine, {"input": corpus, "delay": 0.0})
+    again = headrace.run(headrace_pipeline(corpus, output), DS, QUIET, {"input": corpus, "delay": 0.0})
+    assert again.manifest["resume"]["inputs_resumed"] == 6 and again.manifest["resume"]["inputs_processed"] == 0
+    resumed_rows = rows(output)
+    with pytest.raises(QualityGateError):
+        headrace.run(headrace_pipeline(corpus, output), DS, engine, {"input": corpus, "delay": 0.0})
+    fresh = headrace.run(headrace_pipeline(corpus, output), DS, headrace.EngineConf(progress=False, resume=False),
+                         {"input": corpus, "delay": 0.0})
+    assert fresh.manifest["resume"]["inputs_resumed"] == 0 and "resume is off" in fresh.manifest["resume"]["discarded"]
+    assert rows(output) == resumed_rows and len(resumed_rows[1]) == 1
+
+
+def headrace_pipeline(input, output, **settings):
+    from headrace import loader
+
+    return loader.load(SLOW).build(input=input, output=output, **settings)
+
+
+def _listdir(path):
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
