@@ -22,6 +22,7 @@ def pipeline(
     output: str = "output/doc_embeddings",
     model: str | None = None,
     max_tokens: int = 256,
+    max_chunks: int = 10_000,
     embed_batch_size: int = 64,
     embed_gpus: float = 1.0,
     embed_precision: str = "auto",
@@ -37,7 +38,7 @@ def pipeline(
             ReadFiles(),
             DecodeText(),
             HtmlToText(),
-            ChunkText(tokenizer=model, max_tokens=max_tokens),
+            ChunkText(tokenizer=model, max_tokens=max_tokens, max_chunks=max_chunks),
             EmbedText(model=model, precision=embed_precision).with_(
                 batch_size=embed_batch_size, gpus=embed_gpus, length_grouping=embed_length_grouping
             ),

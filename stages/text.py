@@ -24,6 +24,10 @@ class EmptyDocument(ValueError):
     pass
 
 
+class TooManyChunks(ValueError):
+    """A document that would make more chunks than a run should spend on one input."""
+
+
 class UndecodableText(ValueError):
     pass
 
@@ -185,12 +189,21 @@ class ChunkText(Stage):
     }
     batch_size = 16
 
-    def __init__(self, tokenizer: str | None = None, max_tokens: int = 256, segment_chars: int = 1_000_000):
+    def __init__(
+        self,
+        tokenizer: str | None = None,
+        max_tokens: int = 256,
+        segment_chars: int = 1_000_000,
+        max_chunks: int | None = 10_000,
+    ):
         if max_tokens < 8:
             raise ValueError("max_tokens must be at least 8")
+        if max_chunks is not None and max_chunks < 1:
+            raise ValueError("max_chunks must be at least 1")
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.segment_chars = segment_chars
+        self.max_chunks = max_chunks
 
     def process(self, batch: pa.Table) -> pa.Table:
         tokenizer = load_tokenizer(self.tokenizer or default_model_path())
@@ -201,17 +214,16 @@ class ChunkText(Stage):
         encodings = tokenizer.encode_batch(short, add_special_tokens=False)
         parents, chunks, ids, counts = [], [], [], []
         for row, (text, encoding) in enumerate(zip(texts, encodings)):
-            pieces = (
-                self._spans(text, 0, encoding, window)
-                if len(text) <= self.segment_chars
-                else [
-                    span
-                    for start, segment in segments(text, self.segment_chars)
-                    for span in self._spans(segment, start, tokenizer.encode(segment, add_special_tokens=False), window)
-                ]
-            )
+            if len(text) <= self.segment_chars:
+                pieces = self._spans(text, 0, encoding, window)
+            else:
+                pieces = []
+                for start, segment in segments(text, self.segment_chars):
+                    pieces += self._spans(segment, start, tokenizer.encode(segment, add_special_tokens=False), window)
+                    self._check_count(len(pieces), start + len(segment), len(text))
             if not pieces:
                 raise EmptyDocument("text has no tokens")
+            self._check_count(len(pieces), len(text), len(text))
             for chunk_text, chunk_ids in pieces:
                 parents.append(row)
                 chunks.append(chunk_text)
@@ -226,6 +238,11 @@ class ChunkText(Stage):
             .append_column("num_chunks", pa.array(totals, pa.int32()))
             .append_column("input_ids", pa.array(ids, pa.list_(pa.int32())))
         )
+
+    def _check_count(self, chunks: int, seen: int, length: int) -> None:
+        if self.max_chunks is not None and chunks > self.max_chunks:
+            where = f"after {seen:,} of {length:,} characters" if seen < length else f"from {length:,} characters"
+            raise TooManyChunks(f"more than max_chunks={self.max_chunks:,} chunks ({chunks:,} {where})")
 
     @staticmethod
     def _spans(text: str, base: int, encoding, window: int) -> list[tuple[str, list[int]]]:
