@@ -26,8 +26,24 @@ ROOT = os.path.dirname(HERE)
 WORK = os.path.join(HERE, "work")
 
 
+def _shmem_pss(pid: int) -> int:
+    """The PSS of the shared-memory mappings of ``pid`` (Ray's object store), in bytes."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Pss_Shmem:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def tree_pss(root: psutil.Process) -> tuple[int, dict[str, int]]:
-    """Total PSS of ``root`` and its descendants, and PSS by process kind."""
+    """Total PSS of ``root`` and its descendants, and PSS by process kind.
+
+    The kind "object store pages" is the part of the total that is shared memory: the
+    pages of Ray's object store that processes have touched, counted once.
+    """
     total, kinds = 0, {}
     for process in [root, *root.children(recursive=True)]:
         try:
@@ -37,6 +53,7 @@ def tree_pss(root: psutil.Process) -> tuple[int, dict[str, int]]:
             continue
         total += pss
         kinds[kind] = kinds.get(kind, 0) + pss
+        kinds["(object store pages)"] = kinds.get("(object store pages)", 0) + _shmem_pss(process.pid)
     return total, kinds
 
 

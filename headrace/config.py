@@ -35,6 +35,7 @@ class EngineConf:
     progress: bool = True
     verbose: bool = False
     resume: bool = True  # keep what a killed run of the same ds and configuration staged
+    object_store_memory: str | None = None  # e.g. 2GiB: a local Ray's object store, and Ray Data's budget
 
 
 @dataclass
@@ -61,6 +62,21 @@ def parse_ds(value: str | None) -> str:
         return dt.date.fromisoformat(value).isoformat()
     except ValueError:
         raise ConfigError(f"--ds {value!r}: expected a date as YYYY-MM-DD") from None
+
+
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_bytes(value: str | int, what: str = "size") -> int:
+    """``2GiB``, ``512MB``, ``1.5g`` or a plain number of bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", str(value).lower())
+    if not match:
+        raise ConfigError(f"{what}={value!r}: expected a size such as 2GiB, 512MB or a number of bytes")
+    size = int(float(match.group(1)) * _UNITS[match.group(2) or ""])
+    if size < 100 * 2**20:
+        raise ConfigError(f"{what}={value!r}: at least 100MiB, please")
+    return size
 
 
 def parse_pairs(pairs: list[str], what: str = "--conf") -> dict[str, str]:
@@ -131,6 +147,8 @@ def resolve(
         else:
             raise ConfigError(f"pipeline {factory.name} needs setting {name!r} (--conf {name}=...)")
     engine = EngineConf(**{k[len(ENGINE_PREFIX):]: v for k, v in values.items() if k.startswith(ENGINE_PREFIX)})
+    if engine.object_store_memory is not None:
+        parse_bytes(engine.object_store_memory, f"{ENGINE_PREFIX}object_store_memory")
     day = parse_ds(ds)
     settings = {k: v.replace("{ds}", day) if isinstance(v, str) else v for k, v in settings.items()}
     return RunConf(engine=engine, settings=settings, ds=day, sources=sources)

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from headrace import __version__, runtime
 from headrace.commit import PartitionCommit
-from headrace.config import ENGINE_PREFIX, EngineConf, default_ds
+from headrace.config import ENGINE_PREFIX, EngineConf, default_ds, parse_bytes
 from headrace.pipeline import Pipeline
 
 log = logging.getLogger("headrace")
@@ -66,14 +66,15 @@ def run(
     timings["list_s"] = time.perf_counter() - started
 
     master = runtime.Master.parse(engine.master)
-    cluster = runtime.connect(master, engine.num_cpus, engine.num_gpus)
+    store = parse_bytes(engine.object_store_memory) if engine.object_store_memory is not None else None
+    cluster = runtime.connect(master, engine.num_cpus, engine.num_gpus, store)
     from headrace import compiler  # imports Ray Data
 
     placements = compiler.place(pipeline, cluster, engine.require_gpu)
     warnings = [p.note for p in placements if p.note]
     for note in warnings:
         log.warning(note)
-    _configure_progress(engine.progress)
+    _configure_data(engine.progress, store)
     timings["start_s"] = time.perf_counter() - started - timings["list_s"]
 
     run_id = new_run_id()
@@ -153,9 +154,13 @@ def fingerprint(pipeline: Pipeline, settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _configure_progress(enabled: bool) -> None:
+def _configure_data(progress: bool, object_store_memory: int | None) -> None:
     from ray.data import DataContext
 
     context = DataContext.get_current()
-    context.enable_progress_bars = enabled
+    # Ray Data's own budget, which also holds on a shared cluster; unset means Ray's default.
+    limits = context.execution_options.resource_limits
+    budget = float("inf") if object_store_memory is None else object_store_memory
+    context.execution_options.resource_limits = limits.copy(object_store_memory=budget)
+    context.enable_progress_bars = progress
     context.print_on_execution_start = False

@@ -47,7 +47,9 @@ class Cluster:
     cores: int  # physical cores for CPU model actors to share
 
 
-def connect(master: Master, num_cpus: int | None = None, num_gpus: int | None = None) -> Cluster:
+def connect(
+    master: Master, num_cpus: int | None = None, num_gpus: int | None = None, object_store_memory: int | None = None
+) -> Cluster:
     """Start or join Ray. Reuses a Ray already initialised in this process (tests, notebooks)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
@@ -57,6 +59,7 @@ def connect(master: Master, num_cpus: int | None = None, num_gpus: int | None = 
             ray.init(
                 num_cpus=num_cpus or master.cores * LOCAL_CPU_SLOTS_PER_CORE,
                 num_gpus=num_gpus,
+                object_store_memory=object_store_memory,
                 include_dashboard=False,
                 logging_level=logging.WARNING,
                 log_to_driver=True,
