@@ -21,6 +21,7 @@ from ray.data import ActorPoolStrategy, Datasink
 from headrace import loader
 from headrace.commit import PartitionCommit, StagedPart
 from headrace.errors import ConfigError
+from headrace.memory import HeapTrimmer
 from headrace.pipeline import Pipeline
 from headrace.records import ERROR, ERROR_TYPE, FULL_WEIGHT, WEIGHT, apply_stage
 from headrace.runtime import Cluster
@@ -92,6 +93,7 @@ class _StageActor:
         self.stage, self.schema, self.keys, self.ledger = stage, schema, keys, ledger
         self.ready = time.time()
         self.actor = uuid.uuid4().hex[:8]
+        self.trim = HeapTrimmer()
         self.gpu_ids = tuple(str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", []))
         if ledger is not None:  # an actor that never gets work still counts in the pool
             ledger.record.remote(Call(stage.stage_name, self.actor, self.ready, self.ready, self.ready, 0, None, self.gpu_ids))
@@ -105,6 +107,7 @@ class _StageActor:
             forward = None if forward_before is None else forward_after - forward_before
             call = Call(self.stage.stage_name, self.actor, self.ready, started, time.time(), batch.num_rows, forward, self.gpu_ids)
             self.ledger.record.remote(call)
+        self.trim()
         return result
 
 

@@ -5,7 +5,7 @@ import datetime as dt
 import pytest
 
 from headrace import loader
-from headrace.config import default_ds, resolve
+from headrace.config import default_ds, parse_bytes, resolve
 from headrace.errors import ConfigError
 
 
@@ -48,3 +48,14 @@ def test_unknown_keys_name_what_is_known(factory, tmp_path):
 
 def test_default_ds_is_yesterday_utc():
     assert default_ds(dt.date(2026, 3, 1)) == "2026-02-28"
+
+
+def test_object_store_memory_takes_sizes_and_refuses_nonsense(factory):
+    assert parse_bytes("2GiB") == 2 * 2**30 and parse_bytes("512MB") == 512 * 10**6
+    assert parse_bytes(1_000_000_000) == 10**9 and parse_bytes("1.5g") == 1_500_000_000
+    conf = resolve(factory, conf={"headrace.object_store_memory": "1GiB"}, environ={})
+    assert conf.engine.object_store_memory == "1GiB"
+    with pytest.raises(ConfigError, match="expected a size such as 2GiB"):
+        resolve(factory, conf={"headrace.object_store_memory": "lots"}, environ={})
+    with pytest.raises(ConfigError, match="at least 100MiB"):
+        resolve(factory, environ={"HEADRACE_OBJECT_STORE_MEMORY": "10MB"})
