@@ -10,6 +10,7 @@ import fsspec
 import pyarrow as pa
 
 from headrace.errors import ConfigError
+from headrace.storage import Storage
 
 GLOB_CHARS = "*?["
 
@@ -46,14 +47,7 @@ class Files:
             fs, path = fsspec.core.url_to_fs(self.url)
         except (ImportError, ValueError) as exc:
             raise ConfigError(f"input {self.url!r}: {exc}") from exc
-        if any(ch in path for ch in GLOB_CHARS):
-            candidates = [p for p in fs.glob(path) if not fs.isdir(p)]
-        elif fs.isdir(path):
-            candidates = [p for p in fs.find(path) if not _hidden(p, path)]
-        elif fs.exists(path):
-            candidates = [path]
-        else:
-            raise ConfigError(f"input {self.url!r} does not exist")
+        candidates = Storage(fs).retry(f"list {self.url}", lambda: self._candidates(fs, path))
         matched = sorted(p for p in candidates if self._wanted(p))
         if not matched:
             wanted = "/".join(self.extensions) + " " if self.extensions else ""
@@ -63,6 +57,17 @@ class Files:
         return pa.table(
             {self.id_column: [stable_id(u) for u in uris], "source": uris}, schema=self.schema
         )
+
+    def _candidates(self, fs, path: str) -> list[str]:
+        # fsspec's walk skips a directory whose listing fails unless told to raise: that
+        # would silently leave its files out of the run.
+        if any(ch in path for ch in GLOB_CHARS):
+            return [p for p in fs.glob(path, on_error="raise") if not fs.isdir(p)]
+        if fs.isdir(path):
+            return [p for p in fs.find(path, on_error="raise") if not _hidden(p, path)]
+        if fs.exists(path):
+            return [path]
+        raise ConfigError(f"input {self.url!r} does not exist")
 
     def _wanted(self, path: str) -> bool:
         return not self.extensions or path.lower().endswith(tuple(e.lower() for e in self.extensions))

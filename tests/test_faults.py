@@ -31,12 +31,12 @@ FLAKY = os.path.join(ROOT, "tests", "fixtures", "flaky_inputs.py")
 
 
 def test_transient_storage_faults_are_retried_and_the_output_equals_a_clean_run(tmp_path):
-    """Opens, file creations, writes and renames fail now and then, on the read and the write side."""
+    """Listings, opens, file creations, writes and renames fail now and then, on the read and the write side."""
     for index in range(10):
         write(str(tmp_path / "in"), f"doc-{index}.txt", ("word " * (index + 1)).encode())
     ledger = tmp_path / "ops"
     ledger.mkdir()
-    failing = {"open": [2, 5, 6], "create": [3], "write": [4, 9], "rename": [2, 6]}
+    failing = {"list": [1], "open": [2, 5, 6], "create": [3], "write": [4, 9], "rename": [2, 6]}
     outputs = {}
     for name, scheme in (("clean", ""), ("flaky", "flaky://")):
         env = {**os.environ, "FLAKY_DIR": str(ledger),
