@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -13,6 +14,11 @@ from headrace import Stage, fixed_size_list
 from stages.text import default_model_path
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# oneDNN (torch's CPU kernels) keeps a compiled primitive per distinct tensor shape, 1,024
+# by default. Batches of varying length make new shapes all night, so a CPU model actor
+# grew by hundreds of MiB over a long run; 8 entries kept it flat, at the same speed
+# (benchmarks/RESULTS.md). An ONEDNN_PRIMITIVE_CACHE_CAPACITY already set is kept.
+ONEDNN_PRIMITIVE_CACHE = 8
 
 
 class TorchModel(Stage):
@@ -47,6 +53,7 @@ class TorchModel(Stage):
     # -- machinery -------------------------------------------------------------
 
     def setup(self) -> None:
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_PRIMITIVE_CACHE))
         import torch
 
         check_precision(self.precision)
