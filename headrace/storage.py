@@ -79,7 +79,10 @@ class Storage:
             self.retry(f"write {path}", attempt)
             self.rename(temporary, path)
         except BaseException:
-            self.remove(temporary, missing_ok=True)
+            try:
+                self.remove(temporary, missing_ok=True)
+            except Exception:  # noqa: BLE001 - the original failure is the one to report
+                log.warning("could not remove %s", temporary)
             raise
         return self.retry(f"size of {path}", lambda: self.fs.size(path))
 
