@@ -23,3 +23,7 @@ class QualityGateError(HeadraceError):
     """Too many records were quarantined; nothing is published (exit 3)."""
 
     exit_code = 3
+
+
+class RunInProgress(HeadraceError):
+    """Another run of the same date and output holds its lock; this one did nothing (exit 1)."""

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from headrace import __version__, runtime
 from headrace.commit import PartitionCommit
 from headrace.config import ENGINE_PREFIX, EngineConf, default_ds, parse_bytes
+from headrace.lock import RunLock
 from headrace.pipeline import Pipeline
 
 log = logging.getLogger("headrace")
@@ -65,6 +66,7 @@ def run(
     inputs = pipeline.source.list()  # a bad input fails here, before Ray starts
     timings["list_s"] = time.perf_counter() - started
 
+    run_id = new_run_id()
     master = runtime.Master.parse(engine.master)
     store = parse_bytes(engine.object_store_memory) if engine.object_store_memory is not None else None
     cluster = runtime.connect(master, engine.num_cpus, engine.num_gpus, store)
@@ -77,55 +79,56 @@ def run(
     _configure_data(engine.progress, store)
     timings["start_s"] = time.perf_counter() - started - timings["list_s"]
 
-    run_id = new_run_id()
-    settings = {k: v for k, v in (config or {}).items() if not k.startswith(ENGINE_PREFIX)}
-    commit = PartitionCommit(
-        pipeline.sink, ds, run_id, pipeline.keys, pipeline.output_schema, fingerprint(pipeline, settings)
-    )
-    resumed = commit.prepare(engine.resume, {"pipeline": pipeline.name, "config": settings})
-    if resumed.discarded:
-        log.warning("staged files of an earlier run for ds=%s discarded: %s", ds, resumed.discarded)
-    commit.keep_complete(resumed, inputs.column(pipeline.keys[0]).to_pylist())
-    todo = inputs
-    if resumed.complete:
-        done = pc.is_in(inputs.column(pipeline.keys[0]), pa.array(sorted(resumed.complete), pa.string()))
-        todo = inputs.filter(pc.invert(done))
-        log.warning(
-            "resuming ds=%s (attempt %d): %d of %d inputs were already staged; processing the other %d",
-            ds, resumed.attempt + 1, len(resumed.complete), inputs.num_rows, todo.num_rows,
+    # One run per date and output at a time; a killed run's lock is taken over at once.
+    with RunLock(pipeline.sink.staging(ds) + ".lock", run_id):
+        settings = {k: v for k, v in (config or {}).items() if not k.startswith(ENGINE_PREFIX)}
+        commit = PartitionCommit(
+            pipeline.sink, ds, run_id, pipeline.keys, pipeline.output_schema, fingerprint(pipeline, settings)
         )
-    log.info("run %s: %d input files -> %s", run_id, todo.num_rows, pipeline.sink.partition(ds))
-    mark = time.perf_counter()
-    parts, utilisation = compiler.execute(pipeline, todo, placements, commit) if todo.num_rows else ([], {})
-    parts = resumed.parts + parts
-    timings["process_s"] = time.perf_counter() - mark
+        resumed = commit.prepare(engine.resume, {"pipeline": pipeline.name, "config": settings})
+        if resumed.discarded:
+            log.warning("staged files of an earlier run for ds=%s discarded: %s", ds, resumed.discarded)
+        commit.keep_complete(resumed, inputs.column(pipeline.keys[0]).to_pylist())
+        todo = inputs
+        if resumed.complete:
+            done = pc.is_in(inputs.column(pipeline.keys[0]), pa.array(sorted(resumed.complete), pa.string()))
+            todo = inputs.filter(pc.invert(done))
+            log.warning(
+                "resuming ds=%s (attempt %d): %d of %d inputs were already staged; processing the other %d",
+                ds, resumed.attempt + 1, len(resumed.complete), inputs.num_rows, todo.num_rows,
+            )
+        log.info("run %s: %d input files -> %s", run_id, todo.num_rows, pipeline.sink.partition(ds))
+        mark = time.perf_counter()
+        parts, utilisation = compiler.execute(pipeline, todo, placements, commit) if todo.num_rows else ([], {})
+        parts = resumed.parts + parts
+        timings["process_s"] = time.perf_counter() - mark
 
-    mark = time.perf_counter()
-    manifest = {
-        "pipeline": pipeline.name,
-        "name": engine.name or pipeline.name,
-        "started_at": started_at,
-        "config": config or {},
-        "placement": [
-            {"stage": p.stage, "actors": p.actors, "cpus": p.cpus, "gpus": p.gpus, "device": p.device, "threads": p.threads}
-            for p in placements
-        ],
-        "cluster": {"cpus": cluster.cpus, "gpus": cluster.gpus, "cores": cluster.cores},
-        "utilisation": utilisation,
-        "timings": timings,
-        "resume": {
-            "attempt": resumed.attempt + 1,
-            "inputs_resumed": len(resumed.complete),
-            "inputs_processed": todo.num_rows,
-            "discarded": resumed.discarded or None,
-        },
-    }
-    gate = engine.max_quarantine_fraction if engine.max_quarantine_fraction is not None else pipeline.max_quarantine_fraction
-    manifest["max_quarantine_fraction"] = gate
-    manifest = commit.commit(parts, inputs, manifest, gate)
-    timings["commit_s"] = time.perf_counter() - mark
-    timings["total_s"] = time.perf_counter() - started
-    return RunResult(manifest=manifest, warnings=warnings)
+        mark = time.perf_counter()
+        manifest = {
+            "pipeline": pipeline.name,
+            "name": engine.name or pipeline.name,
+            "started_at": started_at,
+            "config": config or {},
+            "placement": [
+                {"stage": p.stage, "actors": p.actors, "cpus": p.cpus, "gpus": p.gpus, "device": p.device, "threads": p.threads}
+                for p in placements
+            ],
+            "cluster": {"cpus": cluster.cpus, "gpus": cluster.gpus, "cores": cluster.cores},
+            "utilisation": utilisation,
+            "timings": timings,
+            "resume": {
+                "attempt": resumed.attempt + 1,
+                "inputs_resumed": len(resumed.complete),
+                "inputs_processed": todo.num_rows,
+                "discarded": resumed.discarded or None,
+            },
+        }
+        gate = engine.max_quarantine_fraction if engine.max_quarantine_fraction is not None else pipeline.max_quarantine_fraction
+        manifest["max_quarantine_fraction"] = gate
+        manifest = commit.commit(parts, inputs, manifest, gate)
+        timings["commit_s"] = time.perf_counter() - mark
+        timings["total_s"] = time.perf_counter() - started
+        return RunResult(manifest=manifest, warnings=warnings)
 
 
 def fingerprint(pipeline: Pipeline, settings: dict[str, Any]) -> str:

@@ -54,16 +54,19 @@ def test_a_sigkilled_run_is_resumed_and_publishes_exactly_a_clean_runs_rows(ray_
     partition = os.path.join(output, f"ds={DS}")
     snapshot = {f: os.path.getsize(os.path.join(partition, f)) for f in os.listdir(partition)}
 
-    conf = (f"input={large}", f"output={output}", "delay=0.4", "headrace.progress=false")
+    conf = (f"input={large}", f"output={output}", "delay=0.6", "headrace.progress=false")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     driver = subprocess.Popen(submit(*conf), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     progress = os.path.join(output, "_staging", f"ds={DS}", "progress")
-    ray_processes = []
+    ray_processes, concurrent = [], None
     try:
         deadline = time.time() + 240
         while len([f for f in _listdir(progress) if f.endswith(".json")]) < 3:
             assert driver.poll() is None, "the run ended before it was killed"
+            if concurrent is None and os.path.exists(os.path.join(output, "_staging", f"ds={DS}.lock")):
+                # A second scheduler starting the same date meanwhile is turned away untouched.
+                concurrent = subprocess.run(submit(*conf), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
             assert time.time() < deadline, "nothing was staged in time"
             # The committed partition stays readable while the new run works.
             assert pads.dataset(output, format="parquet", partitioning="hive").count_rows() == first.counts["output"]
@@ -79,6 +82,9 @@ def test_a_sigkilled_run_is_resumed_and_publishes_exactly_a_clean_runs_rows(ray_
                 process.kill()
             except psutil.NoSuchProcess:
                 pass
+
+    assert concurrent is not None and concurrent.returncode == 1, concurrent.stderr[-2000:]
+    assert "another run" in concurrent.stderr and "is working on this date's output" in concurrent.stderr
 
     # The killed run staged files, but the published partition is the old one, byte for byte.
     assert os.listdir(progress)
@@ -140,3 +146,18 @@ def _listdir(path):
         return os.listdir(path)
     except FileNotFoundError:
         return []
+
+
+def test_a_lock_from_another_host_holds_until_its_heartbeat_stops(tmp_path):
+    from headrace.errors import RunInProgress
+    from headrace.lock import RunLock
+
+    path = tmp_path / "_staging" / f"ds={DS}.lock"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"host": "worker-7", "pid": 1, "run_id": "r-1", "since": time.time()}))
+    with pytest.raises(RunInProgress, match=r"another run \(r-1, pid 1 on worker-7"):
+        RunLock(str(path), "r-2", stale_s=60).acquire()
+    os.utime(path, (time.time() - 120, time.time() - 120))  # no heartbeat for two minutes
+    with RunLock(str(path), "r-2", stale_s=60):
+        assert json.loads(path.read_text())["run_id"] == "r-2"
+    assert not path.exists()
