@@ -58,6 +58,10 @@ class StagedPart:
     def file(self) -> str:
         return f"{self.name}.parquet"
 
+    @property
+    def progress(self) -> str:
+        return f"{self.name}.json"
+
 
 @dataclass
 class Resumed:
@@ -78,6 +82,7 @@ class PartitionCommit:
     output_schema: pa.Schema
     fingerprint: str = ""
     attempt: int = 0
+    _run: dict = field(default_factory=dict, repr=False)  # what _RUN says, once prepare() wrote it
 
     @property
     def staging(self) -> str:
@@ -101,11 +106,13 @@ class PartitionCommit:
             attempts = previous.get("attempts", [])
         else:
             if previous is not None:
-                resumed.discarded = (
-                    "resume is off" if not resume
-                    else "the earlier run was publishing when it stopped" if previous.get("publishing")
-                    else "the configuration changed"
-                ) + f" (earlier attempts: {', '.join(previous.get('attempts', [])) or '-'})"
+                if not resume:
+                    why = "resume is off"
+                elif previous.get("publishing"):
+                    why = "the earlier run was publishing when it stopped"
+                else:
+                    why = "the configuration changed"
+                resumed.discarded = f"{why} (earlier attempts: {', '.join(previous.get('attempts', [])) or '-'})"
             if storage.exists(self.staging):
                 storage.remove(self.staging, recursive=True)
             attempts = []
@@ -113,10 +120,8 @@ class PartitionCommit:
             storage.makedirs(self._path(sub))
         storage.remove(self._path(FAILED), missing_ok=True)
         self.attempt = resumed.attempt
-        storage.write_json(
-            self._path(RUN),
-            {"fingerprint": self.fingerprint, "attempts": [*attempts, self.run_id], "ds": self.ds, **(description or {})},
-        )
+        self._run = {"fingerprint": self.fingerprint, "attempts": [*attempts, self.run_id], "ds": self.ds, **(description or {})}
+        storage.write_json(self._path(RUN), self._run)
         return resumed
 
     def _staged_parts(self, storage) -> list[StagedPart]:
@@ -125,10 +130,11 @@ class PartitionCommit:
         for name in storage.listdir(self._path("progress")):
             if name.endswith(".json") and not name.startswith("."):
                 parts.append(StagedPart(**storage.read_json(self._path("progress", name))))
-        known = {p.file for p in parts}
-        for sub in ("data", "quarantine", "progress"):
+        known = {"data": {p.file for p in parts}, "progress": {p.progress for p in parts}}
+        known["quarantine"] = known["data"]
+        for sub, names in known.items():
             for name in storage.listdir(self._path(sub)):
-                if name not in known and not (sub == "progress" and name[:-5] + ".parquet" in known):
+                if name not in names:
                     storage.remove(self._path(sub, name), recursive=True)
         return parts
 
@@ -184,9 +190,9 @@ class PartitionCommit:
             else:
                 replacement.quarantine_rows, replacement.quarantine_ids = table.num_rows, ids
         replacement.weights = {k: part.weights[k] for k in keep}
-        storage.remove(self._path("progress", f"{part.name}.json"))
+        storage.remove(self._path("progress", part.progress))
         if keep:
-            storage.write_json(self._path("progress", f"{name}.json"), asdict(replacement))
+            storage.write_json(self._path("progress", replacement.progress), asdict(replacement))
         for sub in ("data", "quarantine"):
             storage.remove(self._path(sub, part.file), missing_ok=True)
         return replacement if keep else None
@@ -212,7 +218,7 @@ class PartitionCommit:
             part.quarantine_rows = quarantine.num_rows
             part.quarantine_ids = pc.unique(failed.column(id_column)).to_pylist()
         # Last: the progress file is what makes this task's files count.
-        storage.write_json(self._path("progress", f"{part.name}.json"), asdict(part))
+        storage.write_json(self._path("progress", part.progress), asdict(part))
         return part
 
     def _quarantine_rows(self, failed: pa.Table) -> pa.Table:
@@ -271,8 +277,7 @@ class PartitionCommit:
         storage.write_json(self._path("data", MANIFEST), manifest)
         # From here on the staged files are not to be resumed: a kill during the swap
         # could leave the old partition's files where the staged ones were.
-        run = storage.read_json(self._path(RUN))
-        storage.write_json(self._path(RUN), {**run, "publishing": True})
+        storage.write_json(self._path(RUN), {**self._run, "publishing": True})
         # Quarantine first: the data partition's manifest is the commit point.
         publish_directory(self._path("quarantine"), self.sink.quarantine(self.ds))
         publish_directory(self._path("data"), partition)

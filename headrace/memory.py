@@ -17,11 +17,9 @@ import time
 
 import pyarrow as pa
 
-_libc = None
 try:
     _name = ctypes.util.find_library("c")
-    _libc = ctypes.CDLL(_name) if _name else None
-    _trim = getattr(_libc, "malloc_trim", None)  # glibc only
+    _trim = getattr(ctypes.CDLL(_name), "malloc_trim", None) if _name else None  # glibc only
 except OSError:
     _trim = None
 

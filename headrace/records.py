@@ -8,13 +8,18 @@ batch-mates; each failing record becomes an error row keyed by the source column
 from __future__ import annotations
 
 import errno
+import logging
 import time
 import traceback as tb
+from typing import Callable, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from headrace.stage import Stage
+
+log = logging.getLogger("headrace")
+T = TypeVar("T")
 
 ERROR = "_error"
 ERROR_TYPE = pa.struct(
@@ -140,7 +145,8 @@ def _run_isolated(
     stage: Stage, rows: pa.Table, out_schema: pa.Schema, keys: tuple[str, ...], weighted: bool
 ) -> list[pa.Table]:
     try:
-        result = _call_with_retries(stage, rows.drop_columns([WEIGHT]) if weighted else rows)
+        batch = rows.drop_columns([WEIGHT]) if weighted else rows
+        result = retrying(lambda: stage.call(batch), stage.retries, stage.retry_backoff_s)
     except Exception as exc:  # noqa: BLE001 - any record-level failure is data
         if rows.num_rows == 1:
             error_type, message, trace = describe_exception(exc)
@@ -198,17 +204,25 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
 
 
-def _call_with_retries(stage: Stage, rows: pa.Table) -> pa.Table:
-    """stage.call(rows), retrying transient failures with exponential backoff."""
-    for attempt in range(stage.retries + 1):
+def retrying(operation: Callable[[], T], retries: int, backoff_s: float, what: str = "") -> T:
+    """operation(), retried ``retries`` times with exponential backoff while it fails transiently.
+
+    The final failure carries a note saying how often it was tried. ``what`` names the
+    operation in that note and in a warning logged before each retry.
+    """
+    for attempt in range(retries + 1):
         try:
-            return stage.call(rows)
-        except Exception as exc:  # noqa: BLE001
-            if attempt == stage.retries or not is_transient(exc):
+            return operation()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if attempt == retries or not is_transient(exc):
                 if attempt:
-                    exc.add_note(f"failed {attempt + 1} times; transient failures were retried")
+                    prefix = f"{what}: " if what else ""
+                    exc.add_note(f"{prefix}failed {attempt + 1} times; transient failures were retried")
                 raise
-            time.sleep(min(stage.retry_backoff_s * 2**attempt, 30.0))
+            wait = min(backoff_s * 2**attempt, 30.0)
+            if what:
+                log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, wait)
+            time.sleep(wait)
     raise AssertionError("unreachable")
 
 

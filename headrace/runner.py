@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
-
-import hashlib
-import json
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -89,10 +88,8 @@ def run(
         if resumed.discarded:
             log.warning("staged files of an earlier run for ds=%s discarded: %s", ds, resumed.discarded)
         commit.keep_complete(resumed, inputs.column(pipeline.keys[0]).to_pylist())
-        todo = inputs
+        todo = _without(inputs, pipeline.keys[0], resumed.complete)
         if resumed.complete:
-            done = pc.is_in(inputs.column(pipeline.keys[0]), pa.array(sorted(resumed.complete), pa.string()))
-            todo = inputs.filter(pc.invert(done))
             log.warning(
                 "resuming ds=%s (attempt %d): %d of %d inputs were already staged; processing the other %d",
                 ds, resumed.attempt + 1, len(resumed.complete), inputs.num_rows, todo.num_rows,
@@ -137,24 +134,38 @@ def fingerprint(pipeline: Pipeline, settings: dict[str, Any]) -> str:
     Staged files of a run with another fingerprint are never mixed into this one.
     Engine settings (master, CPUs, the quality gate) do not change rows and are left out.
     """
-    def plain(value: Any) -> Any:
-        return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value) if isinstance(value, (tuple, list, dict)) else type(value).__qualname__
-
     stages = [
         {"class": f"{type(s).__module__}.{type(s).__qualname__}", "name": s.stage_name,
-         **{k: plain(v) for k, v in sorted(vars(s).items()) if k not in ("device", "threads")}}
+         **{k: _plain(v) for k, v in sorted(vars(s).items()) if k not in ("device", "threads")}}
         for s in pipeline.stages
     ]
     document = {
         "headrace": __version__,
         "pipeline": pipeline.name,
-        "settings": {k: plain(v) for k, v in sorted(settings.items())},
+        "settings": {k: _plain(v) for k, v in sorted(settings.items())},
         "stages": stages,
         "output": str(pipeline.output_schema),
         "source": repr(pipeline.source),
         "sink": repr(pipeline.sink),
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    """A stable, JSON-able stand-in for a setting or a stage attribute."""
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return value
+    if isinstance(value, (tuple, list, dict)):
+        return repr(value)
+    return type(value).__qualname__  # an object: its repr would hold a memory address
+
+
+def _without(inputs: pa.Table, id_column: str, done: set[str]) -> pa.Table:
+    """The input records whose id is not in ``done``."""
+    if not done:
+        return inputs
+    finished = pc.is_in(inputs.column(id_column), pa.array(sorted(done), pa.string()))
+    return inputs.filter(pc.invert(finished))
 
 
 def _configure_data(progress: bool, object_store_memory: int | None) -> None:

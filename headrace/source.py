@@ -10,7 +10,7 @@ import fsspec
 import pyarrow as pa
 
 from headrace.errors import ConfigError
-from headrace.storage import Storage
+from headrace.records import retrying
 
 GLOB_CHARS = "*?["
 
@@ -47,7 +47,7 @@ class Files:
             fs, path = fsspec.core.url_to_fs(self.url)
         except (ImportError, ValueError) as exc:
             raise ConfigError(f"input {self.url!r}: {exc}") from exc
-        candidates = Storage(fs).retry(f"list {self.url}", lambda: self._candidates(fs, path))
+        candidates = retrying(lambda: self._candidates(fs, path), 5, 0.2, f"list {self.url}")
         matched = sorted(p for p in candidates if self._wanted(p))
         if not matched:
             wanted = "/".join(self.extensions) + " " if self.extensions else ""

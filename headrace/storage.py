@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-import time
 import uuid
 from typing import Any, Callable, TypeVar
 
@@ -20,7 +19,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from headrace.records import is_transient
+from headrace.records import retrying
 
 log = logging.getLogger("headrace")
 T = TypeVar("T")
@@ -34,24 +33,8 @@ class Storage:
         self.retries = retries
         self.backoff_s = backoff_s
 
-    @property
-    def local(self) -> bool:
-        """Paths are paths of this machine's file system (renames are atomic there)."""
-        return bool(getattr(self.fs, "local_file", False))
-
     def retry(self, what: str, operation: Callable[[], T]) -> T:
-        for attempt in range(self.retries + 1):
-            try:
-                return operation()
-            except Exception as exc:  # noqa: BLE001 - classified below
-                if attempt == self.retries or not is_transient(exc):
-                    if attempt:
-                        exc.add_note(f"{what}: failed {attempt + 1} times; transient failures were retried")
-                    raise
-                wait = min(self.backoff_s * 2**attempt, 30.0)
-                log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, wait)
-                time.sleep(wait)
-        raise AssertionError("unreachable")
+        return retrying(operation, self.retries, self.backoff_s, what)
 
     # -- files -----------------------------------------------------------------
 
