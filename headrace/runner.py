@@ -110,7 +110,8 @@ def run(
                 {"stage": p.stage, "actors": p.actors, "cpus": p.cpus, "gpus": p.gpus, "device": p.device, "threads": p.threads}
                 for p in placements
             ],
-            "cluster": {"cpus": cluster.cpus, "gpus": cluster.gpus, "cores": cluster.cores},
+            "cluster": {"cpus": cluster.cpus, "gpus": cluster.gpus, "cores": cluster.cores,
+                        "object_store_memory": cluster.object_store},
             "utilisation": utilisation,
             "timings": timings,
             "resume": {

@@ -45,6 +45,7 @@ class Cluster:
     cpus: float
     gpus: float
     cores: int  # physical cores for CPU model actors to share
+    object_store: float = 0.0  # bytes of Ray object store across the cluster
 
 
 def connect(
@@ -72,5 +73,6 @@ def connect(
     resources = ray.cluster_resources()
     cpus = float(resources.get("CPU", 1))
     cores = master.cores if master.kind == "local" and master.cores else max(1, int(cpus))
-    return Cluster(cpus=cpus, gpus=float(resources.get("GPU", 0)), cores=cores)
+    return Cluster(cpus=cpus, gpus=float(resources.get("GPU", 0)), cores=cores,
+                   object_store=float(resources.get("object_store_memory", 0)))
 

@@ -35,6 +35,7 @@ def small_corpus(tmp_path_factory):
         (["--conf", "max_tokens=many"], "conf max_tokens='many'"),
         (["--ds", "yesterday"], "--ds 'yesterday': expected a date"),
         (["--conf", "noequals"], "expected KEY=VALUE"),
+        (["--conf", "headrace.object_store_memory=lots"], "expected a size such as 2GiB"),
     ],
 )
 def test_bad_configuration_exits_2_with_one_line_before_ray(args, message):
@@ -91,3 +92,15 @@ def test_demo_data_writes_documents_and_images(tmp_path):
     names = [os.path.relpath(os.path.join(d, f), tmp_path) for d, _, files in os.walk(tmp_path) for f in files]
     assert {n.split("/")[0] for n in names} == {"html", "md", "txt", "broken", "images"}
     assert len([n for n in names if n.startswith("images/img-")]) == 24
+
+
+def test_object_store_memory_sizes_a_local_ray(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("a few words")
+    report = tmp_path / "report.json"
+    result = headrace_cli("submit", os.path.join(ROOT, "tests", "fixtures", "word_count.py"), "--master", "local[1]",
+                          "--conf", f"input={tmp_path / 'in'}", "--conf", f"output={tmp_path / 'out'}",
+                          "--conf", "headrace.object_store_memory=300MiB", "--report", str(report))
+    assert result.returncode == 0, result.stderr[-2000:]
+    store = json.loads(report.read_text())["cluster"]["object_store_memory"]
+    assert abs(store - 300 * 2**20) < 0.01 * 300 * 2**20
