@@ -34,6 +34,7 @@ def main() -> None:
     import psutil
     import pyarrow as pa
 
+    from headrace import StageContext
     from headrace.memory import release_unused_memory
     from stages.models import EmbedText
     from stages.text import ChunkText
@@ -44,8 +45,7 @@ def main() -> None:
         sys.exit(f"no documents in {corpus}: run benchmarks/memory.py first")
     random.Random(1).shuffle(files)
     chunker, embed = ChunkText(), EmbedText()
-    embed.threads = 1
-    embed.setup()
+    embed.setup(StageContext(threads=1))
     process = psutil.Process()
     started, batches, trim_s = time.perf_counter(), 0, 0.0
     for start in range(0, len(files), 16):

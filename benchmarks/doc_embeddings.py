@@ -67,7 +67,7 @@ def main() -> None:
 
     corpus = os.path.join(WORK, f"corpus-{args.docs}")
     if not os.path.isdir(corpus):
-        from headrace.demo_data import write_documents
+        from pipelines.demo_data import write_documents
 
         write_documents(corpus, count=args.docs, seed=2026)
     files = sum(len(f) for _, _, f in os.walk(corpus))

@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=1000)
     parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="passed to headrace submit")
     args = parser.parse_args()
-    from headrace.demo_data import write_documents
+    from pipelines.demo_data import write_documents
 
     results = {}
     for count in (args.docs, 10 * args.docs):

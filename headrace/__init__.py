@@ -3,12 +3,12 @@
 __version__ = "0.1.0"
 
 from headrace.config import EngineConf
-from headrace.errors import ConfigError, ConservationError, HeadraceError, PipelineError
+from headrace.errors import ConfigError, ConservationError, HeadraceError, PipelineError, QualityGateError, StageBroken
 from headrace.pipeline import Pipeline
-from headrace.records import TransientError
+from headrace.retry import TransientError
 from headrace.sink import ParquetSink
 from headrace.source import Files, stable_id
-from headrace.stage import Stage, fixed_size_list, table_to_numpy
+from headrace.stage import Stage, StageContext, fixed_size_list, table_to_numpy
 
 __all__ = [
     "ConfigError",
@@ -19,7 +19,10 @@ __all__ = [
     "ParquetSink",
     "Pipeline",
     "PipelineError",
+    "QualityGateError",
     "Stage",
+    "StageBroken",
+    "StageContext",
     "fixed_size_list",
     "run",
     "stable_id",

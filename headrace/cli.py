@@ -28,6 +28,11 @@ def _exits(command):
             return command(*args, **kwargs)
         except HeadraceError as exc:
             click.echo(f"headrace: error: {exc}", err=True)
+            detail = getattr(exc, "detail", "")
+            if detail:
+                click.echo("  " + detail.rstrip().replace("\n", "\n  "), err=True)
+            if exc.exit_code == EXIT_FAILED:
+                click.echo("headrace: nothing was published; the previous partition is unchanged", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("headrace: interrupted; nothing was published", err=True)
@@ -76,6 +81,11 @@ def _resolve(pipeline, conf_pairs, properties_file, flags, ds, pipeline_args=())
     return factory, run_conf, factory.build(**run_conf.settings)
 
 
+def _code_files(factory) -> list[str]:
+    """The pipeline's own file, for the fingerprint."""
+    return [factory.source_file] if factory.source_file else []
+
+
 @main.command()
 @click.argument("pipeline")
 @click.option("--master", "--address", default=None, help="local | local[N] | auto | ray://host:port")
@@ -97,24 +107,24 @@ def submit(pipeline, master, conf_pairs, properties_file, ds, name, num_cpus, nu
     _logging(verbose)
     flags = dict(master=master, name=name, num_cpus=num_cpus, num_gpus=num_gpus, require_gpu=require_gpu,
                  resume=resume, verbose=verbose or None)
-    _, run_conf, built = _resolve(pipeline, conf_pairs, properties_file, flags, ds, pipeline_args)
+    factory, run_conf, built = _resolve(pipeline, conf_pairs, properties_file, flags, ds, pipeline_args)
     if dry_run:
         inputs = built.source.list()
         click.echo(built.explain())
         click.echo(f"dry run: ds={run_conf.ds}, {inputs.num_rows:,} input files; nothing was executed")
         return
-    _run_one(built, run_conf, report)
+    _run_one(built, run_conf, report, _code_files(factory))
 
 
-def _run_one(built, run_conf, report):
+def _run_one(built, run_conf, report, code_files=()):
     from headrace.report import summary, write_report
     from headrace.runner import run
 
     started = time.perf_counter()
-    result = run(built, run_conf.ds, run_conf.engine, run_conf.as_dict())
+    result = run(built, run_conf.ds, run_conf.engine, run_conf.as_dict(), code_files)
     click.echo(summary(result.manifest, time.perf_counter() - started))
     if report:
-        write_report(report, result.manifest, result.warnings)
+        write_report(report, result.manifest)
 
 
 @main.command()
@@ -149,9 +159,9 @@ def backfill(pipeline, start, end, master, conf_pairs, properties_file, verbose)
 
         raise ConfigError(f"--start {first} is after --end {last}")
     # Check every date's configuration before the first one runs.
-    planned = [_resolve(pipeline, conf_pairs, properties_file, {"master": master}, d)[1:] for d in days]
-    for run_conf, built in planned:
-        _run_one(built, run_conf, None)
+    planned = [_resolve(pipeline, conf_pairs, properties_file, {"master": master}, d) for d in days]
+    for factory, run_conf, built in planned:
+        _run_one(built, run_conf, None, _code_files(factory))
 
 
 @main.command("demo-data")
@@ -161,7 +171,7 @@ def backfill(pipeline, start, end, master, conf_pairs, properties_file, verbose)
 @_exits
 def demo_data(directory, count, seed):
     """Write sample documents and images (and a few broken ones) to DIRECTORY."""
-    from headrace.demo_data import write_documents, write_images
+    from pipelines.demo_data import write_documents, write_images
 
     documents = write_documents(directory, count=count, seed=seed)
     images = write_images(directory, seed=seed)

@@ -32,6 +32,7 @@ class EngineConf:
     name: str | None = None
     require_gpu: bool = False
     max_quarantine_fraction: float | None = None  # overrides the pipeline's quality gate
+    broken_stage_after: int = 32  # a stage failing this often with one error before any success stops the run; 0: never
     progress: bool = True
     verbose: bool = False
     resume: bool = True  # keep what a killed run of the same ds and configuration staged

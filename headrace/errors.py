@@ -27,3 +27,17 @@ class QualityGateError(HeadraceError):
 
 class RunInProgress(HeadraceError):
     """Another run of the same date and output holds its lock; this one did nothing (exit 1)."""
+
+
+class StageBroken(HeadraceError):
+    """A stage fails systematically (a bug, a missing model), not on bad records: the run stops.
+
+    ``str()`` is the one-line reason; ``detail`` holds the first failure's traceback.
+    """
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.detail = detail
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.detail))

@@ -25,6 +25,7 @@ class PipelineFactory:
 
     name: str
     target: Callable[..., Pipeline] | Pipeline
+    source_file: str = ""  # the file that defines it, for the fingerprint
 
     @property
     def parameters(self) -> dict[str, inspect.Parameter]:
@@ -67,7 +68,7 @@ def load(spec: str) -> PipelineFactory:
     if not (isinstance(target, Pipeline) or callable(target)):
         raise ConfigError(f"pipeline {spec!r}: {attr} is neither a Pipeline nor a function returning one")
     name = os.path.splitext(os.path.basename(module_ref))[0] if module_ref.endswith(".py") else module_ref.rsplit(".", 1)[-1]
-    return PipelineFactory(name=name, target=target)
+    return PipelineFactory(name=name, target=target, source_file=getattr(module, "__file__", None) or "")
 
 
 def _load_file(path: str):

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from headrace.errors import PipelineError
-from headrace.records import with_error_column
+from headrace.envelope import HIDDEN, enveloped
 from headrace.sink import ParquetSink
 from headrace.source import Files
 from headrace.stage import BATCH_FORMATS, Stage
@@ -28,12 +28,12 @@ class Pipeline:
     sink: ParquetSink
     schema: Any = None
     columns: Sequence[str] | None = None
-    max_quarantine_fraction: float | None = None  # quality gate: None publishes whatever the share
+    max_quarantine_fraction: float = 0.5  # quality gate; 1.0 turns it off
     _schemas: list[pa.Schema] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
-        if self.max_quarantine_fraction is not None and not 0 <= self.max_quarantine_fraction <= 1:
+        if self.max_quarantine_fraction is None or not 0 <= self.max_quarantine_fraction <= 1:
             raise PipelineError("max_quarantine_fraction must lie between 0 and 1")
         object.__setattr__(self, "_schemas", self._check())
 
@@ -58,12 +58,12 @@ class Pipeline:
     def output_schema(self) -> pa.Schema:
         """The schema every committed Parquet file of this pipeline has."""
         final = self.record_schema
-        names = list(self.columns) if self.columns else [f.name for f in final if f.name != "_error"]
+        names = list(self.columns) if self.columns else [f.name for f in final if f.name not in HIDDEN]
         return pa.schema([final.field(n) for n in names])
 
     def _check(self) -> list[pa.Schema]:
         columns: dict[str, pa.DataType] = {f.name: f.type for f in self.source.schema}
-        schemas = [with_error_column(pa.schema(list(columns.items())))]
+        schemas = [enveloped(pa.schema(list(columns.items())))]
         seen: set[str] = set()
         for position, stage in enumerate(self.stages, start=1):
             name = stage.stage_name
@@ -90,7 +90,7 @@ class Pipeline:
                 columns[column] = dtype
             for column in stage.drops:
                 columns.pop(column, None)
-            schemas.append(with_error_column(pa.schema(list(columns.items()))))
+            schemas.append(enveloped(pa.schema(list(columns.items()))))
         for column in list(self.columns or []) + list(_schema_columns(self.schema)):
             if column not in columns:
                 raise PipelineError(
@@ -112,14 +112,20 @@ class Pipeline:
                 contract.append("drops " + ", ".join(stage.drops))
             if contract:
                 lines.append("      " + "; ".join(contract))
+            extra = {k: v for k, v in stage.settings().items() if k not in _SHOWN}
+            if extra:
+                lines.append("      settings " + ", ".join(f"{k}={v!r}" for k, v in extra.items()))
         if self.schema is not None:
             schema_name = getattr(self.schema, "name", None) or "schema"
             lines.append(f"  schema  {schema_name}: {', '.join(_schema_columns(self.schema))}")
         lines.append(f"  sink    {self.sink.describe()}")
-        if self.max_quarantine_fraction is not None:
-            lines.append(f"  gate    at most {self.max_quarantine_fraction:.0%} of inputs only in the quarantine")
+        lines.append(f"  gate    at most {self.max_quarantine_fraction:.0%} of inputs only in the quarantine")
         lines.append("  output  " + ", ".join(f"{f.name}: {f.type}" for f in self.output_schema))
         return "\n".join(lines)
+
+
+# Settings explain() prints on a stage's own line already.
+_SHOWN = {"name", "needs", "adds", "drops", "batch_size", "cpus", "gpus", "memory", "concurrency", "batch_format"}
 
 
 def _schema_columns(schema: Any) -> list[str]:

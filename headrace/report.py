@@ -28,6 +28,7 @@ def summary(manifest: dict[str, Any], total_s: float) -> str:
     return "\n".join(lines)
 
 
-def write_report(path: str, manifest: dict[str, Any], warnings: list[str]) -> None:
+def write_report(path: str, manifest: dict[str, Any]) -> None:
+    """The run's manifest, the same document as its ``_SUCCESS``."""
     with open(path, "w") as handle:
-        json.dump({**manifest, "warnings": warnings}, handle, indent=2, default=str)
+        json.dump(manifest, handle, indent=2, default=str)

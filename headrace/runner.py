@@ -1,24 +1,35 @@
-"""Running a pipeline for one logical date: list, execute, commit."""
+"""Running a pipeline for one logical date: list, place, execute, commit.
+
+The order of a run, and where each step lives:
+
+1. list the inputs (headrace.source) - a bad input fails here, before Ray starts
+2. connect and place the stages (headrace.ray_adapter, headrace.placement)
+3. take the date's lock (headrace.lock), prepare the staging area and find what a
+   killed attempt already staged (headrace.staging, headrace.fingerprint)
+4. execute the rest (headrace.ray_adapter; write tasks: headrace.part_writer)
+5. account, gate, build the manifest once, publish (headrace.commit, headrace.manifest)
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from headrace import __version__, runtime
-from headrace.commit import PartitionCommit
+from headrace import commit, staging
 from headrace.config import ENGINE_PREFIX, EngineConf, default_ds, parse_bytes
+from headrace.fingerprint import fingerprint
 from headrace.lock import RunLock
+from headrace.manifest import build_manifest
+from headrace.part_writer import PartWriter
 from headrace.pipeline import Pipeline
+from headrace.placement import Master, place
 
 log = logging.getLogger("headrace")
 
@@ -26,7 +37,6 @@ log = logging.getLogger("headrace")
 @dataclass
 class RunResult:
     manifest: dict[str, Any]
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -40,6 +50,10 @@ class RunResult:
     def quarantine(self) -> str:
         return self.manifest["quarantine"]
 
+    @property
+    def warnings(self) -> list[str]:
+        return self.manifest["warnings"]
+
 
 def new_run_id() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
@@ -50,10 +64,12 @@ def run(
     ds: str | None = None,
     engine: EngineConf | None = None,
     config: dict[str, Any] | None = None,
+    code_files: Iterable[str] = (),
 ) -> RunResult:
     """Run ``pipeline`` for logical date ``ds`` and publish its partition.
 
-    Raises ConfigError (nothing ran), ConservationError or any execution error
+    ``code_files`` (the pipeline file) join the fingerprint. Raises ConfigError (nothing
+    ran), StageBroken, QualityGateError, ConservationError or any execution error
     (nothing published; the previous partition is untouched).
     """
     engine = engine or EngineConf()
@@ -62,103 +78,69 @@ def run(
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
-    inputs = pipeline.source.list()  # a bad input fails here, before Ray starts
+    inputs = pipeline.source.list()
     timings["list_s"] = time.perf_counter() - started
 
     run_id = new_run_id()
-    master = runtime.Master.parse(engine.master)
+    master = Master.parse(engine.master)
     store = parse_bytes(engine.object_store_memory) if engine.object_store_memory is not None else None
-    cluster = runtime.connect(master, engine.num_cpus, engine.num_gpus, store)
-    from headrace import compiler  # imports Ray Data
+    from headrace import ray_adapter  # imports Ray
 
-    placements = compiler.place(pipeline, cluster, engine.require_gpu)
+    cluster = ray_adapter.connect(master, engine.num_cpus, engine.num_gpus, store)
+    placements = place(pipeline, cluster, engine.require_gpu)
     warnings = [p.note for p in placements if p.note]
     for note in warnings:
         log.warning(note)
-    _configure_data(engine.progress, store)
+    ray_adapter.configure(engine.progress, store)
     timings["start_s"] = time.perf_counter() - started - timings["list_s"]
 
+    sink, id_column = pipeline.sink, pipeline.keys[0]
     # One run per date and output at a time; a killed run's lock is taken over at once.
-    with RunLock(pipeline.sink.staging(ds) + ".lock", run_id):
+    with RunLock(sink.staging(ds) + ".lock", run_id):
         settings = {k: v for k, v in (config or {}).items() if not k.startswith(ENGINE_PREFIX)}
-        commit = PartitionCommit(
-            pipeline.sink, ds, run_id, pipeline.keys, pipeline.output_schema, fingerprint(pipeline, settings)
+        area = staging.StagingArea(sink.storage(), sink.staging(ds), sink.compression)
+        resumed = staging.prepare(
+            area, fingerprint(pipeline, settings, code_files), run_id, engine.resume,
+            {"ds": ds, "pipeline": pipeline.name, "config": settings},
         )
-        resumed = commit.prepare(engine.resume, {"pipeline": pipeline.name, "config": settings})
         if resumed.discarded:
             log.warning("staged files of an earlier run for ds=%s discarded: %s", ds, resumed.discarded)
-        commit.keep_complete(resumed, inputs.column(pipeline.keys[0]).to_pylist())
-        todo = _without(inputs, pipeline.keys[0], resumed.complete)
+        staging.keep_complete(area, resumed, inputs.column(id_column).to_pylist(), id_column)
+        todo = _without(inputs, id_column, resumed.complete)
         if resumed.complete:
             log.warning(
                 "resuming ds=%s (attempt %d): %d of %d inputs were already staged; processing the other %d",
                 ds, resumed.attempt + 1, len(resumed.complete), inputs.num_rows, todo.num_rows,
             )
-        log.info("run %s: %d input files -> %s", run_id, todo.num_rows, pipeline.sink.partition(ds))
+        log.info("run %s: %d input files -> %s", run_id, todo.num_rows, sink.partition(ds))
         mark = time.perf_counter()
-        parts, utilisation = compiler.execute(pipeline, todo, placements, commit) if todo.num_rows else ([], {})
+        writer = PartWriter(sink, area.root, resumed.attempt, run_id, pipeline.keys, pipeline.output_schema)
+        parts, utilisation = ([], {})
+        if todo.num_rows:
+            parts, utilisation = ray_adapter.execute(pipeline, todo, placements, writer, engine.broken_stage_after)
         parts = resumed.parts + parts
         timings["process_s"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
-        manifest = {
-            "pipeline": pipeline.name,
-            "name": engine.name or pipeline.name,
-            "started_at": started_at,
-            "config": config or {},
-            "placement": [
-                {"stage": p.stage, "actors": p.actors, "cpus": p.cpus, "gpus": p.gpus, "device": p.device, "threads": p.threads}
-                for p in placements
-            ],
-            "cluster": {"cpus": cluster.cpus, "gpus": cluster.gpus, "cores": cluster.cores,
-                        "object_store_memory": cluster.object_store},
-            "utilisation": utilisation,
-            "timings": timings,
-            "resume": {
-                "attempt": resumed.attempt + 1,
-                "inputs_resumed": len(resumed.complete),
-                "inputs_processed": todo.num_rows,
-                "discarded": resumed.discarded or None,
-            },
-        }
+        counts = commit.account(parts, inputs, id_column)
         gate = engine.max_quarantine_fraction if engine.max_quarantine_fraction is not None else pipeline.max_quarantine_fraction
-        manifest["max_quarantine_fraction"] = gate
-        manifest = commit.commit(parts, inputs, manifest, gate)
+        refused, warning = commit.gate(counts, parts, gate)
+        if warning:
+            log.warning(warning)
+            warnings.append(warning)
+        files = [] if refused else commit.data_files(area, parts, pipeline.output_schema)
         timings["commit_s"] = time.perf_counter() - mark
         timings["total_s"] = time.perf_counter() - started
-        return RunResult(manifest=manifest, warnings=warnings)
-
-
-def fingerprint(pipeline: Pipeline, settings: dict[str, Any]) -> str:
-    """What decides the rows of a run: the pipeline's settings, stages, schema and sink.
-
-    Staged files of a run with another fingerprint are never mixed into this one.
-    Engine settings (master, CPUs, the quality gate) do not change rows and are left out.
-    """
-    stages = [
-        {"class": f"{type(s).__module__}.{type(s).__qualname__}", "name": s.stage_name,
-         **{k: _plain(v) for k, v in sorted(vars(s).items()) if k not in ("device", "threads")}}
-        for s in pipeline.stages
-    ]
-    document = {
-        "headrace": __version__,
-        "pipeline": pipeline.name,
-        "settings": {k: _plain(v) for k, v in sorted(settings.items())},
-        "stages": stages,
-        "output": str(pipeline.output_schema),
-        "source": repr(pipeline.source),
-        "sink": repr(pipeline.sink),
-    }
-    return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _plain(value: Any) -> Any:
-    """A stable, JSON-able stand-in for a setting or a stage attribute."""
-    if isinstance(value, (str, int, float, bool, type(None))):
-        return value
-    if isinstance(value, (tuple, list, dict)):
-        return repr(value)
-    return type(value).__qualname__  # an object: its repr would hold a memory address
+        manifest = build_manifest(
+            pipeline=pipeline, engine=engine, run_id=run_id, ds=ds, started_at=started_at, config=config or {},
+            placements=placements, cluster=cluster, utilisation=utilisation, timings=timings, resumed=resumed,
+            processed=todo.num_rows, gate=gate, counts=counts, files=files, warnings=warnings,
+            status="failed" if refused else "committed",
+        )
+        if refused:
+            commit.refuse(area, manifest, refused)
+        commit.publish(area, manifest, resumed.run, sink.partition(ds), sink.quarantine(ds))
+        return RunResult(manifest=manifest)
 
 
 def _without(inputs: pa.Table, id_column: str, done: set[str]) -> pa.Table:
@@ -167,15 +149,3 @@ def _without(inputs: pa.Table, id_column: str, done: set[str]) -> pa.Table:
         return inputs
     finished = pc.is_in(inputs.column(id_column), pa.array(sorted(done), pa.string()))
     return inputs.filter(pc.invert(finished))
-
-
-def _configure_data(progress: bool, object_store_memory: int | None) -> None:
-    from ray.data import DataContext
-
-    context = DataContext.get_current()
-    # Ray Data's own budget, which also holds on a shared cluster; unset means Ray's default.
-    limits = context.execution_options.resource_limits
-    budget = float("inf") if object_store_memory is None else object_store_memory
-    context.execution_options.resource_limits = limits.copy(object_store_memory=budget)
-    context.enable_progress_bars = progress
-    context.print_on_execution_start = False

@@ -9,7 +9,7 @@ import fsspec
 import pyarrow as pa
 
 from headrace.errors import PipelineError
-from headrace.storage import Storage
+from headrace.storage import Storage, absolute_url
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -28,7 +28,8 @@ QUARANTINE_SCHEMA = pa.schema(
 class ParquetSink:
     """Parquet files under ``url``: ``ds=D/`` for data, ``_quarantine/ds=D/`` for error rows.
 
-    ``url`` may contain ``{ds}``; it is expanded with the run's logical date. Files are
+    ``url`` may contain ``{ds}``; it is expanded with the run's logical date. A relative
+    path is made absolute when the sink is made (on the driver). Files are
     written through fsspec (``storage_options`` go to the filesystem); the partition is
     published with an atomic directory swap, so the filesystem must be a local one (a
     local or network disk) for now.
@@ -42,6 +43,7 @@ class ParquetSink:
     retry_backoff_s: float = 0.2
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "url", absolute_url(self.url))
         protocol = fsspec.core.split_protocol(self.url)[0] or "file"
         try:
             cls = fsspec.get_filesystem_class(protocol)
@@ -63,8 +65,7 @@ class ParquetSink:
         return Storage(self.filesystem(), self.retries, self.retry_backoff_s)
 
     def root(self, ds: str) -> str:
-        path = fsspec.core.strip_protocol(self.url.replace("{ds}", ds))
-        return os.path.abspath(path)
+        return fsspec.core.strip_protocol(self.url.replace("{ds}", ds))
 
     def partition(self, ds: str) -> str:
         return os.path.join(self.root(ds), f"ds={ds}")

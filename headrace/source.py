@@ -10,7 +10,8 @@ import fsspec
 import pyarrow as pa
 
 from headrace.errors import ConfigError
-from headrace.records import retrying
+from headrace.retry import retrying
+from headrace.storage import absolute_url
 
 GLOB_CHARS = "*?["
 
@@ -32,6 +33,9 @@ class Files:
     extensions: tuple[str, ...] = ()
     id_column: str = "doc_id"
     files_per_block: int = 16
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", absolute_url(self.url))
 
     @property
     def keys(self) -> tuple[str, ...]:

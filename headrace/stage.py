@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import inspect
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -10,6 +12,24 @@ import polars as pl
 import pyarrow as pa
 
 BATCH_FORMATS = ("arrow", "polars", "numpy")
+
+
+@dataclass
+class StageContext:
+    """What the engine tells a stage in ``setup()``, and how the stage reports back.
+
+    ``device`` is where this copy runs ("cpu" or "cuda"), ``threads`` how many torch
+    threads it may use, ``gpu_ids`` the GPUs Ray gave it. ``add_time("forward_s", s)``
+    accumulates a timing that the run report shows per actor.
+    """
+
+    device: str = "cpu"
+    threads: int = 1
+    gpu_ids: tuple[str, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def add_time(self, name: str, seconds: float) -> None:
+        self.timings[name] = self.timings.get(name, 0.0) + seconds
 
 
 class Stage:
@@ -20,7 +40,11 @@ class Stage:
     tokenizer) and runs on an actor pool; any other stage runs as stateless tasks.
 
     ``process`` receives only healthy rows; raising an exception marks the rows of the
-    batch as failed, and headrace splits the batch to find the records at fault.
+    batch as failed, and headrace splits the batch to find the records at fault. A stage
+    that fails on every record is broken, and stops the run (see headrace.isolate).
+
+    ``settings()`` lists every effective setting (class and instance attributes); they,
+    and the source of the stage's module, make up the run's fingerprint.
     """
 
     name: ClassVar[str | None] = None
@@ -38,12 +62,11 @@ class Stage:
 
     cpu_threads: int | None = None  # torch threads per actor on CPU; None: headrace decides
 
-    # Set by headrace on the worker before setup(): where this copy of the stage runs.
-    device: str = "cpu"
-    threads: int = 1
+    def setup(self, context: StageContext) -> None:
+        """Load expensive state once per actor. Overriding it makes the stage stateful.
 
-    def setup(self) -> None:
-        """Load expensive state once per actor. Overriding it makes the stage stateful."""
+        ``context`` says where this copy runs; an override may leave it out (``setup(self)``).
+        """
 
     def process(self, batch: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement process()")
@@ -57,6 +80,28 @@ class Stage:
     @property
     def stateful(self) -> bool:
         return type(self).setup is not Stage.setup
+
+    def start(self, context: StageContext) -> None:
+        """Call setup(), with the context where the override takes one."""
+        if len(inspect.signature(self.setup).parameters) >= 1:
+            self.setup(context)
+        else:
+            self.setup()
+
+    def settings(self) -> dict[str, Any]:
+        """Every effective setting of this stage: public class attributes along the class
+        hierarchy, overridden by instance attributes. Methods and properties are not settings."""
+        values: dict[str, Any] = {}
+        for cls in reversed(type(self).__mro__):
+            if cls is object:
+                continue
+            for key, value in vars(cls).items():
+                if key.startswith("_") or callable(value) or isinstance(value, (property, classmethod, staticmethod)):
+                    continue
+                values[key] = value
+        values.update({k: v for k, v in vars(self).items() if not k.startswith("_")})
+        values["name"] = self.stage_name
+        return dict(sorted(values.items()))
 
     def with_(self, **overrides: Any) -> "Stage":
         """A copy of this stage with some attributes replaced (batch_size, gpus, ...)."""

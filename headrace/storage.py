@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import posixpath
 import uuid
 from typing import Any, Callable, TypeVar
@@ -19,10 +20,19 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from headrace.records import retrying
+from headrace.retry import retrying
 
 log = logging.getLogger("headrace")
 T = TypeVar("T")
+
+
+def absolute_url(url: str) -> str:
+    """``url`` with a protocol and, for local paths, an absolute path: resolved here, on the
+    driver, so that workers with another working directory read and write the same place."""
+    protocol, path = fsspec.core.split_protocol(url)
+    if protocol in (None, "file", "local"):
+        return "file://" + os.path.abspath(os.path.expanduser(path))
+    return url
 
 
 class Storage:

@@ -13,7 +13,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from headrace.records import WEIGHT, conform, error_rows, split_errors
+from headrace.envelope import WEIGHT, conform, error_rows, split_errors
 
 ROW = "__row__"
 
@@ -25,7 +25,7 @@ def validate_batch(schema: Any, table: pa.Table, keys: tuple[str, ...]) -> pa.Ta
     healthy, failed = split_errors(table)
     if healthy.num_rows == 0:
         return table
-    frame = pl.from_arrow(healthy.drop_columns([WEIGHT]) if WEIGHT in healthy.column_names else healthy)
+    frame = pl.from_arrow(healthy.drop_columns([WEIGHT]))
     try:
         schema.validate(frame, lazy=True)
         return table
@@ -45,7 +45,7 @@ def validate_batch(schema: Any, table: pa.Table, keys: tuple[str, ...]) -> pa.Ta
         "SchemaError",
         ["; ".join(reasons[i]) for i in bad],
     )
-    parts = [conform(good, table.schema, name), rejected]
+    parts = [conform(good, table.schema, name, good.column(WEIGHT)), rejected]
     if failed.num_rows:
         parts.append(failed)
     return pa.concat_tables(parts)

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from headrace import Stage, fixed_size_list
+from headrace import Stage, StageContext, fixed_size_list
 from stages.text import default_model_path
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -34,7 +34,7 @@ class TorchModel(Stage):
 
     On a GPU the stage runs under ``inference_mode`` with optional autocast, copies from
     pinned host memory without blocking, and copies the next micro-batch while the
-    current one runs. ``forward_seconds`` accumulates time spent in forward passes.
+    current one runs. Time spent in forward passes is reported to the run as ``forward_s``.
     """
 
     gpus = 1.0
@@ -52,17 +52,18 @@ class TorchModel(Stage):
 
     # -- machinery -------------------------------------------------------------
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext | None = None) -> None:
         os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_PRIMITIVE_CACHE))
         import torch
 
+        self._context = context or StageContext()
         check_precision(self.precision)
-        torch.set_num_threads(self.threads)
-        self._device = self.device if self.device == "cpu" or torch.cuda.is_available() else "cpu"
+        torch.set_num_threads(self._context.threads)
+        device = self._context.device
+        self._device = device if device == "cpu" or torch.cuda.is_available() else "cpu"
         self._cuda = self._device.startswith("cuda")
         self._model = self.load().to(self._device).eval()
         self._autocast = autocast_dtype(self.precision, self._device)
-        self.forward_seconds = 0.0
 
     def process(self, batch: pa.Table) -> pa.Table:
         import torch
@@ -138,7 +139,7 @@ class TorchModel(Stage):
                 result = self.forward(self._model, **current)
             if self._cuda:
                 torch.cuda.current_stream().synchronize()
-            self.forward_seconds += time.perf_counter() - started
+            self._context.add_time("forward_s", time.perf_counter() - started)
             yield result
 
 
@@ -170,7 +171,7 @@ class EmbedText(TorchModel):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        return AutoModel.from_pretrained(self.model_path or default_model_path())
+        return AutoModel.from_pretrained(model_folder(self.model_path))
 
     def forward(self, model, input_ids, attention_mask):
         import torch
@@ -183,6 +184,15 @@ class EmbedText(TorchModel):
     def process(self, batch: pa.Table) -> pa.Table:
         table = super().process(batch)
         return table.append_column("model", pa.array([self.model_name] * batch.num_rows, pa.string()))
+
+
+def model_folder(path: str | None) -> str:
+    """A local model folder (the packaged all-MiniLM-L6-v2 when None); a missing one is named."""
+    if path is None:
+        return default_model_path()
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model folder {path!r} does not exist")
+    return path
 
 
 def check_precision(precision: str) -> str:

@@ -161,6 +161,8 @@ def load_tokenizer(path: str):
     from tokenizers import Tokenizer
 
     file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"tokenizer {file!r} does not exist (model folder {path!r})")
     tokenizer = Tokenizer.from_file(file)
     tokenizer.no_truncation()
     tokenizer.no_padding()

@@ -9,7 +9,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 
 from headrace import EngineConf
-from headrace.demo_data import broken_documents, html_document, markdown_document, text_document
+from pipelines.demo_data import broken_documents, html_document, markdown_document, text_document
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADRACE = [sys.executable, "-m", "headrace.cli"]

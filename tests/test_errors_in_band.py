@@ -3,7 +3,8 @@
 import pyarrow as pa
 
 from headrace import Stage
-from headrace.records import ERROR, ERROR_TYPE, apply_stage, with_error_column
+from headrace.envelope import ERROR, FULL_WEIGHT, WEIGHT, envelop, enveloped
+from headrace.isolate import apply_stage
 
 KEYS = ("doc_id", "source")
 
@@ -25,17 +26,16 @@ class Length(Stage):
 
 def batch_of(texts):
     n = len(texts)
-    return pa.table(
+    return envelop(pa.table(
         {
             "doc_id": [f"id{i}" for i in range(n)],
             "source": [f"file:///d/{i}.txt" for i in range(n)],
-            "text": texts,
-            ERROR: pa.nulls(n, ERROR_TYPE),
+            "text": pa.array(texts, pa.string()),
         }
-    )
+    ))
 
 
-OUT = with_error_column(pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("text", pa.string()), ("length", pa.int64())]))
+OUT = enveloped(pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("text", pa.string()), ("length", pa.int64())]))
 
 
 def test_bad_record_is_isolated_and_batch_mates_survive():

@@ -4,9 +4,9 @@ import pyarrow as pa
 import pytest
 
 from headrace import Files, ParquetSink, Pipeline, PipelineError, Stage
-from headrace.compiler import place
+from headrace.placement import place
 from headrace.errors import ConfigError
-from headrace.runtime import Cluster, Master
+from headrace.placement import Cluster, Master
 
 
 class Upper(Stage):
@@ -111,7 +111,7 @@ def test_explain_shows_pools_resources_and_schema():
     assert "Read" in text and "tasks" in text
     assert "actors 1..4" in text and "gpus=1" in text
     assert "drops bytes" in text
-    assert "parquet /tmp/out/ds={ds}" in text
+    assert "parquet file:///tmp/out/ds={ds}" in text
 
 
 def test_gpu_stage_falls_back_to_one_thread_cpu_actors_per_core():

@@ -3,7 +3,7 @@
 import pyarrow as pa
 import pytest
 
-from headrace.demo_data import html_document
+from pipelines.demo_data import html_document
 from stages.text import (
     ChunkText,
     DecodeText,

@@ -1,0 +1,98 @@
+"""What decides the rows of a run, as one hash: resume never mixes two configurations.
+
+The fingerprint covers the pipeline's settings, every effective setting of each stage
+(``Stage.settings()``: class and instance attributes), the content of the source files
+of each stage class (along its class hierarchy) and of the pipeline file, the output
+schema, the source and the sink. Engine settings (master, CPUs, the quality gate) do
+not change rows and are left out, so a rerun after exit 3 with a higher gate resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import sys
+from typing import Any, Iterable
+
+from headrace import __version__
+
+
+def fingerprint(pipeline, settings: dict[str, Any], code_files: Iterable[str] = ()) -> dict:
+    """The fingerprint document; its ``hash`` names it."""
+    code = {name: _file_hash(path) for name, path in _stage_sources(pipeline)}
+    code.update({path: _file_hash(path) for path in code_files})
+    document = {
+        "headrace": __version__,
+        "pipeline": pipeline.name,
+        "settings": {k: _plain(v) for k, v in sorted(settings.items())},
+        "stages": {s.stage_name: {"class": _qualname(type(s)), **{k: _plain(v) for k, v in s.settings().items()}}
+                   for s in pipeline.stages},
+        "code": dict(sorted(code.items())),
+        "output": str(pipeline.output_schema),
+        "source": repr(pipeline.source),
+        "sink": repr(pipeline.sink),
+    }
+    document["hash"] = hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return document
+
+
+def what_changed(old: dict | None, new: dict) -> str:
+    """Which parts of the fingerprint differ, in words (for resume.discarded)."""
+    if not old:
+        return "an earlier fingerprint without details"
+    changes = []
+    for key in ("headrace", "pipeline", "output", "source", "sink"):
+        if old.get(key) != new.get(key):
+            changes.append(key)
+    for group, label in (("settings", "setting"), ("code", "code of")):
+        before, after = old.get(group, {}), new.get(group, {})
+        changes += [f"{label} {k}" for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    before, after = old.get("stages", {}), new.get("stages", {})
+    for stage in sorted(set(before) | set(after)):
+        a, b = before.get(stage), after.get(stage)
+        if a is None or b is None:
+            changes.append(f"stage {stage} {'added' if a is None else 'removed'}")
+        else:
+            changes += [f"{stage}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return ", ".join(changes[:8]) + (f" and {len(changes) - 8} more" if len(changes) > 8 else "") or "unknown"
+
+
+def _stage_sources(pipeline) -> list[tuple[str, str]]:
+    """(module name, source file) of every class along each stage's hierarchy."""
+    found = {}
+    for stage in pipeline.stages:
+        for cls in type(stage).__mro__:
+            module = sys.modules.get(cls.__module__)
+            if cls is object or module is None or cls.__module__ == "builtins":
+                continue
+            try:
+                found[cls.__module__] = inspect.getsourcefile(module) or ""
+            except TypeError:  # a module without a file (defined interactively)
+                continue
+    return [(name, path) for name, path in found.items() if path]
+
+
+def _file_hash(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()[:16]
+    except OSError:
+        return "unreadable"
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _plain(value: Any) -> Any:
+    """A stable, JSON-able stand-in for a setting or a stage attribute."""
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if type(value).__repr__ is object.__repr__:
+        return _qualname(type(value))  # its repr would hold a memory address
+    return repr(value)

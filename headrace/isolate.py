@@ -1,0 +1,107 @@
+"""Running a stage on a batch: isolate bad records, and tell a broken stage from bad data.
+
+A stage only ever sees healthy rows. When process() raises, the batch is split in
+halves until the failing records are isolated, so one bad record never costs its
+batch-mates; each failing record becomes an error row keyed by the source columns.
+
+A stage that fails on every record is not facing bad data: it is broken (a NameError,
+a missing model). ``FailureWatch`` counts, per stage, the records that failed with
+each exception type before the stage succeeded on any record; at ``limit`` of one type
+the stage is declared broken and the run stops (``StageBroken``), instead of
+quarantining every input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import pyarrow as pa
+
+from headrace.envelope import WEIGHT, carry_errors, conform, describe_exception, error_rows, share_weights, split_errors
+from headrace.errors import StageBroken
+from headrace.retry import retrying
+from headrace.stage import Stage
+
+DEFAULT_BROKEN_AFTER = 32
+
+
+class Watch(Protocol):
+    def failed(self, stage: str, error_type: str, message: str, traceback: str) -> str | None: ...
+
+    def succeeded(self, stage: str) -> None: ...
+
+
+@dataclass
+class FailureWatch:
+    """Counts failures per stage and exception type until the stage first succeeds.
+
+    ``failed`` returns the reason the stage is broken once ``limit`` records failed with
+    one exception type and none succeeded (``limit`` 0: never). A success anywhere in
+    the run clears the stage for good: from then on failures are bad records.
+    """
+
+    limit: int = DEFAULT_BROKEN_AFTER
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    first: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    healthy: set[str] = field(default_factory=set)
+    broken: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def failed(self, stage: str, error_type: str, message: str, traceback: str) -> tuple[str, str] | None:
+        if stage in self.broken:
+            return self.broken[stage]
+        if stage in self.healthy or self.limit <= 0:
+            return None
+        self.first.setdefault(stage, (error_type, message, traceback))
+        key = (stage, error_type)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if self.counts[key] < self.limit:
+            return None
+        first_type, first_message, first_trace = self.first[stage]
+        reason = (
+            f"stage {stage} is broken: {error_type}: {message.splitlines()[0] if message else ''} "
+            f"({self.counts[key]} records failed with {error_type} and none succeeded; "
+            f"limit headrace.broken_stage_after={self.limit})"
+        )
+        self.broken[stage] = (reason, f"first failure ({first_type}: {first_message}):\n{first_trace}")
+        return self.broken[stage]
+
+    def succeeded(self, stage: str) -> None:
+        self.healthy.add(stage)
+
+
+def apply_stage(
+    stage: Stage, table: pa.Table, out_schema: pa.Schema, keys: tuple[str, ...], watch: Watch | None = None
+) -> pa.Table:
+    """Run ``stage`` on the healthy rows of ``table``; pass earlier error rows through.
+
+    ``table`` and the result are enveloped (see headrace.envelope); ``out_schema`` is
+    the enveloped schema the stage emits. Raises StageBroken when ``watch`` says so.
+    """
+    healthy, failed = split_errors(table)
+    parts = _run_isolated(stage, healthy, out_schema, keys, watch) if healthy.num_rows else []
+    if failed.num_rows:
+        parts.append(carry_errors(failed, out_schema))
+    if not parts:
+        return out_schema.empty_table()
+    return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+
+def _run_isolated(stage: Stage, rows: pa.Table, out_schema: pa.Schema, keys: tuple[str, ...], watch) -> list[pa.Table]:
+    try:
+        batch = rows.drop_columns([WEIGHT])
+        result = retrying(lambda: stage.call(batch), stage.retries, stage.retry_backoff_s)
+    except Exception as exc:  # noqa: BLE001 - a record-level failure is data, until the watch says otherwise
+        if rows.num_rows == 1:
+            error_type, message, trace = describe_exception(exc)
+            broken = watch.failed(stage.stage_name, error_type, message, trace) if watch is not None else None
+            if broken:
+                raise StageBroken(*broken) from None
+            return [error_rows(rows, out_schema, keys, stage.stage_name, error_type, message, trace)]
+        middle = rows.num_rows // 2
+        return _run_isolated(stage, rows.slice(0, middle), out_schema, keys, watch) + _run_isolated(
+            stage, rows.slice(middle), out_schema, keys, watch
+        )
+    if watch is not None:
+        watch.succeeded(stage.stage_name)
+    return [conform(result, out_schema, stage.stage_name, share_weights(rows, result, keys[0]))]

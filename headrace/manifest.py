@@ -1,0 +1,65 @@
+"""The run's manifest: built once, written as ``_SUCCESS`` (or ``_FAILED``) and as ``--report``.
+
+One document says everything about a run: what ran where, what came in and out, how
+long each phase took, what resume kept, and the warnings. The report file is this
+same document, byte for byte.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def build_manifest(
+    *,
+    pipeline,
+    engine,
+    run_id: str,
+    ds: str,
+    started_at: str,
+    config: dict[str, Any],
+    placements: list,
+    cluster,
+    utilisation: dict,
+    timings: dict[str, float],
+    resumed,
+    processed: int,
+    gate: float,
+    counts: dict[str, int],
+    files: list[dict],
+    warnings: list[str],
+    status: str,
+) -> dict[str, Any]:
+    sink = pipeline.sink
+    return {
+        "status": status,
+        "pipeline": pipeline.name,
+        "name": engine.name or pipeline.name,
+        "run_id": run_id,
+        "ds": ds,
+        "started_at": started_at,
+        "input": pipeline.source.url,
+        "output": sink.url,
+        "partition": sink.partition(ds),
+        "quarantine": sink.quarantine(ds),
+        "files": files,
+        "counts": counts,
+        "schema": [{"name": f.name, "type": str(f.type)} for f in pipeline.output_schema],
+        "config": config,
+        "max_quarantine_fraction": gate,
+        "placement": [
+            {"stage": p.stage, "actors": p.actors, "cpus": p.cpus, "gpus": p.gpus, "device": p.device, "threads": p.threads}
+            for p in placements
+        ],
+        "cluster": {"cpus": cluster.cpus, "gpus": cluster.gpus, "cores": cluster.cores,
+                    "object_store_memory": cluster.object_store},
+        "utilisation": utilisation,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "resume": {
+            "attempt": resumed.attempt + 1,
+            "inputs_resumed": len(resumed.complete),
+            "inputs_processed": processed,
+            "discarded": resumed.discarded or None,
+        },
+        "warnings": warnings,
+    }

@@ -1,0 +1,65 @@
+"""What a write task does: stage its rows as Parquet files, then its progress file.
+
+A PartWriter is made on the driver once the staging area is prepared, and never
+changes; Ray ships copies of it to the write tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from headrace.envelope import ERROR, WEIGHT, split_errors
+from headrace.sink import QUARANTINE_SCHEMA, ParquetSink
+from headrace.staging import StagedPart, StagingArea, error_counts
+
+
+@dataclass(frozen=True)
+class PartWriter:
+    sink: ParquetSink
+    staging: str  # OUT/_staging/ds=D
+    attempt: int
+    run_id: str
+    keys: tuple[str, ...]
+    output_schema: pa.Schema
+
+    def write(self, table: pa.Table, task_index: int) -> StagedPart:
+        """Stage the enveloped rows of one write task; a retried task overwrites its own files."""
+        area = StagingArea(self.sink.storage(), self.staging, self.sink.compression)
+        part = StagedPart(name=f"part-{self.attempt:03d}-{task_index:05d}")
+        id_column = self.keys[0]
+        for key, weight in zip(table.column(id_column).to_pylist(), table.column(WEIGHT).to_pylist()):
+            part.weights[key] = part.weights.get(key, 0) + weight
+        healthy, failed = split_errors(table)
+        if healthy.num_rows:
+            data = healthy.select(self.output_schema.names).cast(self.output_schema)
+            part.data_bytes = area.storage.write_parquet(data, area.path("data", part.file), area.compression)
+            part.data_rows = data.num_rows
+            part.data_ids = pc.unique(healthy.column(id_column)).to_pylist()
+        if failed.num_rows:
+            quarantine = self.quarantine_rows(failed)
+            area.storage.write_parquet(quarantine, area.path("quarantine", part.file), area.compression)
+            part.quarantine_rows = quarantine.num_rows
+            part.quarantine_ids = pc.unique(failed.column(id_column)).to_pylist()
+            part.errors = error_counts(quarantine)
+        # Last: the progress file is what makes this task's files count.
+        area.storage.write_json(area.path("progress", part.progress), asdict(part))
+        return part
+
+    def quarantine_rows(self, failed: pa.Table) -> pa.Table:
+        error = failed.column(ERROR).combine_chunks()
+        n = failed.num_rows
+        return pa.Table.from_arrays(
+            [
+                failed.column("source"),
+                failed.column(self.keys[0]),
+                error.field("stage"),
+                error.field("error_type"),
+                error.field("message"),
+                error.field("traceback"),
+                pa.array([self.run_id] * n, pa.string()),
+            ],
+            schema=QUARANTINE_SCHEMA,
+        )

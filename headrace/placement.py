@@ -1,0 +1,103 @@
+"""Where a run executes and how each stage is placed there, decided once before the run.
+
+Nothing here talks to Ray: the adapter (headrace.ray_adapter) connects and reports what
+the cluster offers as a ``Cluster``; ``place`` turns that and the pipeline into pools.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from headrace.errors import ConfigError
+from headrace.pipeline import Pipeline
+
+# Logical CPU slots per core on a local Ray: model actors hold their slot for the whole
+# run, so read and decode tasks need slots of their own to make progress.
+LOCAL_CPU_SLOTS_PER_CORE = 2
+_LOCAL = re.compile(r"^local(\[(\*|\d+)\])?$")
+
+
+@dataclass(frozen=True)
+class Master:
+    """A parsed --master value."""
+
+    kind: str  # "local" | "cluster"
+    address: str | None = None
+    cores: int | None = None  # local only
+
+    @classmethod
+    def parse(cls, value: str) -> "Master":
+        value = (value or "local").strip()
+        match = _LOCAL.match(value)
+        if match:
+            count = match.group(2)
+            cores = (os.cpu_count() or 1) if count in (None, "*") else int(count)
+            if cores < 1:
+                raise ConfigError(f"--master {value}: need at least one core")
+            return cls("local", cores=cores)
+        if value == "auto" or value.startswith("ray://") or re.match(r"^[\w.-]+:\d+$", value):
+            return cls("cluster", address=value)
+        raise ConfigError(f"--master {value!r}: expected local, local[N], auto or ray://host:port")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What the connected Ray offers, as seen once at start."""
+
+    cpus: float
+    gpus: float
+    cores: int  # physical cores for CPU model actors to share
+    object_store: float = 0.0  # bytes of Ray object store across the cluster
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How one stage runs on this cluster, decided once before the run."""
+
+    stage: str
+    actors: tuple[int, int] | None  # None: stateless tasks
+    cpus: float
+    gpus: float
+    device: str
+    threads: int
+    note: str = ""
+
+
+def place(pipeline: Pipeline, cluster: Cluster, require_gpu: bool = False) -> list[Placement]:
+    """Decide pools and resources for every stage; GPU stages fall back to CPU actors."""
+    placements = []
+    for stage in pipeline.stages:
+        bounds = stage.pool_bounds()
+        if stage.gpus and cluster.gpus >= stage.gpus:
+            most = int(cluster.gpus // stage.gpus)
+            low, high = bounds or (1, most)
+            if low > most:
+                raise ConfigError(
+                    f"stage {stage.stage_name} needs at least {low} actor(s) with gpus={stage.gpus:g} "
+                    f"but the cluster has {cluster.gpus:g} GPU(s)"
+                )
+            placements.append(Placement(stage.stage_name, (low, min(high, most)), stage.cpus, stage.gpus, "cuda", 1))
+        elif stage.gpus:
+            if require_gpu:
+                raise ConfigError(
+                    f"stage {stage.stage_name} needs gpus={stage.gpus:g} but the cluster has "
+                    f"{cluster.gpus:g} GPU(s) and a GPU is required"
+                )
+            # One actor per core with one torch thread each: CPU stages with the same
+            # resources run fused in these processes, so no core is oversubscribed.
+            size = min(bounds[1] if bounds else cluster.cores, cluster.cores)
+            threads = stage.cpu_threads or max(1, cluster.cores // size)
+            note = (
+                f"stage {stage.stage_name} asks for gpus={stage.gpus:g} but the cluster has no GPU: "
+                f"running {size} CPU actor(s) with {threads} thread(s) each"
+            )
+            placements.append(Placement(stage.stage_name, (size, size), 1.0, 0.0, "cpu", threads, note))
+        elif stage.stateful:
+            low, high = bounds or (1, cluster.cores)
+            threads = stage.cpu_threads or max(1, int(stage.cpus))
+            placements.append(Placement(stage.stage_name, (low, high), stage.cpus, 0.0, "cpu", threads))
+        else:
+            placements.append(Placement(stage.stage_name, None, stage.cpus, 0.0, "cpu", max(1, int(stage.cpus))))
+    return placements

@@ -1,0 +1,260 @@
+"""The one place that speaks Ray: connect, compile a checked pipeline into a streaming
+Dataset, run it, and bring back what the write tasks staged.
+
+source blocks -> one map_batches per stage (tasks, or an actor pool for stages with a
+setup()) -> the schema check -> a Datasink whose write tasks stage Parquet files.
+Nothing is materialised in between and nothing but file metadata reaches the driver.
+No other module imports ray.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+import uuid
+
+import pyarrow as pa
+import ray
+import ray.data
+from ray.data import ActorPoolStrategy, Datasink, DataContext
+
+from headrace import loader
+from headrace.envelope import describe_exception, envelop
+from headrace.errors import ConfigError, StageBroken
+from headrace.isolate import FailureWatch, apply_stage
+from headrace.memory import HeapTrimmer
+from headrace.part_writer import PartWriter
+from headrace.pipeline import Pipeline
+from headrace.placement import LOCAL_CPU_SLOTS_PER_CORE, Cluster, Master, Placement
+from headrace.stage import Stage, StageContext
+from headrace.staging import StagedPart
+from headrace.utilisation import Call, Ledger
+from headrace.validation import validate_batch
+
+log = logging.getLogger("headrace")
+MIN_BLOCKS = 8
+
+
+def connect(
+    master: Master, num_cpus: int | None = None, num_gpus: int | None = None, object_store_memory: int | None = None
+) -> Cluster:
+    """Start or join Ray. Reuses a Ray already initialised in this process (tests, notebooks)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray.is_initialized():
+        if master.kind == "local":
+            ray.init(
+                address="local",  # always a new embedded Ray, even where a `ray start` cluster runs
+                num_cpus=num_cpus or master.cores * LOCAL_CPU_SLOTS_PER_CORE,
+                num_gpus=num_gpus,
+                object_store_memory=object_store_memory,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=True,
+            )
+        else:
+            try:
+                ray.init(address=master.address, logging_level=logging.WARNING)
+            except (ConnectionError, ValueError) as exc:
+                raise ConfigError(f"cannot connect to Ray at {master.address}: {exc}") from exc
+    resources = ray.cluster_resources()
+    cpus = float(resources.get("CPU", 1))
+    cores = master.cores if master.kind == "local" and master.cores else max(1, int(cpus))
+    return Cluster(cpus=cpus, gpus=float(resources.get("GPU", 0)), cores=cores,
+                   object_store=float(resources.get("object_store_memory", 0)))
+
+
+def configure(progress: bool, object_store_memory: int | None) -> None:
+    """Ray Data's settings for this run."""
+    context = DataContext.get_current()
+    # Ray Data's own budget, which also holds on a shared cluster; unset means Ray's default.
+    limits = context.execution_options.resource_limits
+    budget = float("inf") if object_store_memory is None else object_store_memory
+    context.execution_options.resource_limits = limits.copy(object_store_memory=budget)
+    context.enable_progress_bars = progress
+    context.print_on_execution_start = False
+
+
+class _StageActor:
+    """An actor holding one set-up copy of a stateful stage; it reports every call."""
+
+    def __init__(self, stage: Stage, schema: pa.Schema, keys: tuple[str, ...], device: str, threads: int, ledger, watch):
+        gpu_ids = tuple(str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", []))
+        self.context = StageContext(device=device, threads=threads, gpu_ids=gpu_ids)
+        try:
+            stage.start(self.context)
+        except Exception as exc:  # noqa: BLE001 - a stage that cannot start is broken, whatever the cause
+            error_type, message, trace = describe_exception(exc)
+            raise StageBroken(f"stage {stage.stage_name} failed in setup(): {error_type}: {message}", trace) from None
+        self.stage, self.schema, self.keys, self.ledger, self.watch = stage, schema, keys, ledger, watch
+        self.ready = time.time()
+        self.actor = uuid.uuid4().hex[:8]
+        self.trim = HeapTrimmer()
+        # An actor that never gets work still counts in the pool.
+        ledger.record.remote(Call(stage.stage_name, self.actor, self.ready, self.ready, self.ready, 0, None, gpu_ids))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        started = time.time()
+        forward_before = self.context.timings.get("forward_s")
+        result = apply_stage(self.stage, batch, self.schema, self.keys, self.watch)
+        forward_after = self.context.timings.get("forward_s")
+        forward = None if forward_after is None else forward_after - (forward_before or 0.0)
+        call = Call(self.stage.stage_name, self.actor, self.ready, started, time.time(), batch.num_rows, forward,
+                    self.context.gpu_ids)
+        self.ledger.record.remote(call)
+        self.trim()
+        return result
+
+
+@ray.remote(num_cpus=0)
+class _LedgerActor:
+    def __init__(self):
+        self.ledger = Ledger()
+
+    def record(self, call: Call) -> None:
+        self.ledger.record(call)
+
+    def summary(self) -> dict:
+        return self.ledger.summary()
+
+
+@ray.remote(num_cpus=0)
+class _WatchActor:
+    """The run's one FailureWatch, shared by every task and actor."""
+
+    def __init__(self, limit: int):
+        self.watch = FailureWatch(limit)
+
+    def failed(self, stage: str, error_type: str, message: str, traceback: str):
+        return self.watch.failed(stage, error_type, message, traceback)
+
+    def succeeded(self, stage: str) -> None:
+        self.watch.succeeded(stage)
+
+
+class _RemoteWatch:
+    """The shared FailureWatch as seen from a task or actor: successes are told once per copy."""
+
+    def __init__(self, actor):
+        self.actor = actor
+        self.healthy: set[str] = set()
+
+    def failed(self, stage: str, error_type: str, message: str, traceback: str):
+        if stage in self.healthy:
+            return None
+        return ray.get(self.actor.failed.remote(stage, error_type, message, traceback))
+
+    def succeeded(self, stage: str) -> None:
+        if stage not in self.healthy:
+            self.healthy.add(stage)
+            self.actor.succeeded.remote(stage)
+
+
+def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placement], ledger, watch):
+    """The streaming Dataset for ``inputs`` (a table of records from the source)."""
+    for module in loader.FILE_MODULES:
+        ray.cloudpickle.register_pickle_by_value(module)
+    records = envelop(inputs)
+    # Small inputs still get enough blocks to keep every actor of a pool busy.
+    step = max(1, min(pipeline.source.files_per_block, -(-records.num_rows // MIN_BLOCKS)))
+    blocks = [records.slice(i, step) for i in range(0, records.num_rows, step)]
+    dataset = ray.data.from_arrow(blocks)
+    for (stage, schema), placement in zip(pipeline.stage_schemas(), placements):
+        common = dict(
+            batch_size=stage.batch_size,
+            batch_format="pyarrow",
+            num_cpus=placement.cpus,
+            memory=stage.memory,
+            zero_copy_batch=True,
+        )
+        if placement.actors is None:
+            fn = functools.partial(apply_stage, stage, out_schema=schema, keys=pipeline.keys, watch=watch)
+            dataset = dataset.map_batches(fn, **common)
+        else:
+            low, high = placement.actors
+            initial = stage.pool_initial()
+            initial = min(max(initial, low), high) if initial is not None else None
+            dataset = dataset.map_batches(
+                _StageActor,
+                fn_constructor_kwargs=dict(
+                    stage=stage, schema=schema, keys=pipeline.keys,
+                    device=placement.device, threads=placement.threads, ledger=ledger, watch=watch,
+                ),
+                compute=ActorPoolStrategy(min_size=low, max_size=high, initial_size=initial),
+                num_gpus=placement.gpus or None,
+                **common,
+            )
+    if pipeline.schema is not None:
+        check = functools.partial(validate_batch, pipeline.schema, keys=pipeline.keys)
+        dataset = dataset.map_batches(check, batch_format="pyarrow", batch_size=None, num_cpus=0.5)
+    return dataset
+
+
+class StagedParquetDatasink(Datasink):
+    """Adapts PartWriter to Ray's Datasink: each write task stages its own files."""
+
+    def __init__(self, writer: PartWriter, rows_per_file: int):
+        self.writer = writer
+        self.rows_per_file = rows_per_file
+        self.parts: list[StagedPart] = []
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_file
+
+    def get_name(self) -> str:
+        return "StageParquet"
+
+    def write(self, blocks, ctx) -> StagedPart | None:
+        tables = [block for block in blocks if block.num_rows]
+        if not tables:
+            return None
+        return self.writer.write(pa.concat_tables(tables), ctx.task_idx)
+
+    def on_write_complete(self, write_result) -> None:
+        self.parts = [part for part in write_result.write_returns if part is not None]
+
+
+def execute(
+    pipeline: Pipeline, inputs: pa.Table, placements: list[Placement], writer: PartWriter, broken_after: int
+) -> tuple[list[StagedPart], dict]:
+    """Run the pipeline over ``inputs``, staging files.
+
+    Returns what every write task staged, and the utilisation of each actor-pool stage.
+    Raises StageBroken when a stage fails systematically (see headrace.isolate).
+    """
+    sink = StagedParquetDatasink(writer, pipeline.sink.rows_per_file)
+    ledger = _LedgerActor.remote()
+    watch_actor = _WatchActor.remote(broken_after)
+    try:
+        try:
+            build_dataset(pipeline, inputs, placements, ledger, _RemoteWatch(watch_actor)).write_datasink(sink)
+        except Exception as exc:
+            broken = _cause(exc, StageBroken)
+            if broken is None:
+                raise
+            raise StageBroken(str(broken), broken.detail) from None
+        utilisation = ray.get(ledger.summary.remote())
+    finally:
+        ray.kill(ledger)
+        ray.kill(watch_actor)
+    return sink.parts, utilisation
+
+
+def _cause(exc: BaseException, kind: type) -> BaseException | None:
+    """The first ``kind`` in the chain of causes of ``exc``, through Ray's task-error wrappers."""
+    seen: set[int] = set()
+    queue = [exc]
+    while queue:
+        current = queue.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ray.exceptions.RayTaskError) and current.cause is not None:
+            queue.append(current.cause)  # Ray's wrapper may pose as the cause's class: take the cause itself
+            continue
+        if isinstance(current, kind):
+            return current
+        queue += [getattr(current, "cause", None), current.__cause__, current.__context__]
+    return None

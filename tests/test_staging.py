@@ -1,0 +1,206 @@
+"""The steps of staging, resume and publish, one by one, in a temporary folder (no Ray)."""
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from headrace import ParquetSink, commit, staging
+from headrace.envelope import FULL_WEIGHT, WEIGHT, envelop, share_weights
+from headrace.isolate import FailureWatch
+from headrace.part_writer import PartWriter
+from headrace.storage import Storage
+
+DS = "2026-09-01"
+KEYS = ("doc_id", "source")
+SCHEMA = pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("line", pa.string())])
+FINGERPRINT = {"hash": "f1", "code": {"stages.lines": "aaa"}, "stages": {"Lines": {"delay": 0}}}
+
+
+def test_weights_are_shared_exactly_with_the_remainder_on_the_first_row():
+    inputs = pa.table({"doc_id": ["a", "b"], WEIGHT: pa.array([FULL_WEIGHT, 10], pa.int64())})
+    outputs = pa.table({"doc_id": ["a", "b", "a", "b", "b", "a"]})
+    weights = share_weights(inputs, outputs, "doc_id").to_pylist()
+    a = [w for w, k in zip(weights, outputs.column("doc_id").to_pylist()) if k == "a"]
+    b = [w for w, k in zip(weights, outputs.column("doc_id").to_pylist()) if k == "b"]
+    assert b == [4, 3, 3] and sum(b) == 10
+    assert a == [FULL_WEIGHT // 3 + FULL_WEIGHT % 3, FULL_WEIGHT // 3, FULL_WEIGHT // 3] and sum(a) == FULL_WEIGHT
+
+
+def lines(doc_id, count, weight=FULL_WEIGHT):
+    """``count`` rows of input ``doc_id``, carrying ``weight`` between them."""
+    source = envelop(pa.table({"doc_id": [doc_id], "source": [f"file:///in/{doc_id}"]}, schema=SCHEMA.remove(2)))
+    rows = pa.table({"doc_id": [doc_id] * count, "source": [f"file:///in/{doc_id}"] * count,
+                     "line": [f"{doc_id}-{i}" for i in range(count)]})
+    table = envelop(rows).drop_columns([WEIGHT])
+    shares = share_weights(source, rows, "doc_id").to_pylist()
+    scale = weight / FULL_WEIGHT
+    return table.append_column(WEIGHT, pa.array([int(s * scale) if scale != 1 else s for s in shares], pa.int64()))
+
+
+def first_attempt(tmp_path, storage=None):
+    """Attempt 0 of a run that was killed: part 0 holds all of a and half of b, part 1 all of c,
+    and a task that died before its progress file left a data file behind."""
+    sink = ParquetSink(str(tmp_path / "out"))
+    area = staging.StagingArea(storage or sink.storage(), sink.staging(DS))
+    resumed = staging.prepare(area, FINGERPRINT, "run-0")
+    assert resumed.attempt == 0 and not resumed.parts
+    writer = PartWriter(sink, area.root, 0, "run-0", KEYS, SCHEMA)
+    half_b = lines("b", 2).slice(0, 1)  # one of b's two rows: half its weight
+    writer.write(pa.concat_tables([lines("a", 3), half_b]), 0)
+    writer.write(lines("c", 2), 1)
+    pq.write_table(lines("d", 1).select(SCHEMA.names), area.path("data", "part-000-00002.parquet"))
+    return sink, area
+
+
+def staged_rows(area):
+    """(rows of complete inputs by id, weights claimed per id) from the progress files."""
+    claimed = {}
+    for name in os.listdir(area.path("progress")):
+        part = json.load(open(area.path("progress", name)))
+        for key, weight in part["weights"].items():
+            claimed[key] = claimed.get(key, 0) + weight
+    rows = {}
+    for name in os.listdir(area.path("data")):
+        for row in pq.read_table(area.path("data", name)).to_pylist():
+            rows.setdefault(row["doc_id"], []).append(row["line"])
+    return rows, claimed
+
+
+def test_resume_keeps_complete_inputs_strips_partial_parts_and_removes_orphans(tmp_path):
+    sink, area = first_attempt(tmp_path)
+    resumed = staging.prepare(area, FINGERPRINT, "run-1")
+    assert resumed.attempt == 1 and len(resumed.parts) == 2
+    assert "part-000-00002.parquet" not in os.listdir(area.path("data"))  # no progress file: removed
+    staging.keep_complete(area, resumed, ["a", "b", "c", "d"], "doc_id")
+    assert resumed.complete == {"a", "c"}
+    rows, claimed = staged_rows(area)
+    assert claimed == {"a": FULL_WEIGHT, "c": FULL_WEIGHT}
+    assert {k: sorted(v) for k, v in rows.items()} == {"a": ["a-0", "a-1", "a-2"], "c": ["c-0", "c-1"]}
+    assert sum(p.data_rows for p in resumed.parts) == 5
+    assert json.load(open(area.path(staging.RUN)))["attempts"] == ["run-0", "run-1"]
+
+
+def test_another_fingerprint_discards_the_staged_files_and_says_what_changed(tmp_path):
+    sink, area = first_attempt(tmp_path)
+    edited = {**FINGERPRINT, "hash": "f2", "code": {"stages.lines": "bbb"}}
+    resumed = staging.prepare(area, edited, "run-1")
+    assert resumed.attempt == 0 and not resumed.parts
+    assert "code of stages.lines" in resumed.discarded and "run-0" in resumed.discarded
+    assert os.listdir(area.path("data")) == [] and os.listdir(area.path("progress")) == []
+    off = staging.prepare(area, edited, "run-2", resume=False)
+    assert off.discarded.startswith("resume is off")
+
+
+class Killed(Exception):
+    pass
+
+
+class KilledAfter(Storage):
+    """Storage whose process dies before its ``budget``-th changing operation."""
+
+    def __init__(self, fs, budget):
+        super().__init__(fs, retries=0)
+        self.budget = budget
+
+    def _spend(self):
+        self.budget -= 1
+        if self.budget < 0:
+            raise Killed()
+
+    def write_parquet(self, *args, **kwargs):
+        self._spend()
+        return super().write_parquet(*args, **kwargs)
+
+    def write_json(self, *args, **kwargs):
+        self._spend()
+        return super().write_json(*args, **kwargs)
+
+    def remove(self, *args, **kwargs):
+        self._spend()
+        return super().remove(*args, **kwargs)
+
+
+def test_a_kill_at_any_step_of_stripping_never_claims_a_row_twice(tmp_path):
+    steps = 0
+    while True:
+        base = tmp_path / f"kill-{steps}"
+        sink, area = first_attempt(base)
+        resumed = staging.prepare(area, FINGERPRINT, "run-1")
+        dying = staging.StagingArea(KilledAfter(sink.filesystem(), steps), area.root)
+        try:
+            staging.keep_complete(dying, resumed, ["a", "b", "c", "d"], "doc_id")
+            finished = True
+        except Killed:
+            finished = False
+        # The next attempt resumes from whatever the kill left.
+        again = staging.prepare(area, FINGERPRINT, "run-2")
+        staging.keep_complete(area, again, ["a", "b", "c", "d"], "doc_id")
+        rows, claimed = staged_rows(area)
+        assert again.complete <= {"a", "c"}
+        assert all(claimed[k] == FULL_WEIGHT for k in again.complete), (steps, claimed)
+        assert set(claimed) == again.complete, steps  # nothing half-claimed survives
+        for key in again.complete:  # each complete input's rows exactly once
+            assert sorted(rows[key]) == sorted(f"{key}-{i}" for i in range({"a": 3, "c": 2}[key])), (steps, rows)
+        if finished:
+            break
+        steps += 1
+    assert steps >= 4  # the kill did land between every step
+
+
+def test_a_kill_at_any_step_of_publishing_leaves_the_old_partition_or_the_new(tmp_path, monkeypatch):
+    """Publish order: manifest, publishing mark, quarantine swap, data swap, clean-up."""
+    real = commit.publish_directory
+    for steps in range(6):
+        sink, area = first_attempt(tmp_path / f"pub-{steps}")
+        partition, quarantine = sink.partition(DS), sink.quarantine(DS)
+        os.makedirs(partition)
+        pq.write_table(SCHEMA.empty_table(), os.path.join(partition, "part-old.parquet"))
+        json.dump({"run_id": "old", "files": [{"path": "part-old.parquet"}]}, open(os.path.join(partition, "_SUCCESS"), "w"))
+        resumed = staging.prepare(area, FINGERPRINT, "run-1")
+        staging.keep_complete(area, resumed, ["a", "b", "c", "d"], "doc_id")
+        dying = staging.StagingArea(KilledAfter(sink.filesystem(), steps), area.root)
+
+        def dying_publish(staged, final):
+            dying.storage._spend()
+            real(staged, final)
+
+        monkeypatch.setattr(commit, "publish_directory", dying_publish)
+        manifest = {"run_id": "new", "files": [{"path": p.file, "rows": p.data_rows} for p in resumed.parts]}
+        try:
+            commit.publish(dying, manifest, resumed.run, partition, quarantine)
+            finished = True
+        except Killed:
+            finished = False
+        monkeypatch.setattr(commit, "publish_directory", real)
+        published = json.load(open(os.path.join(partition, "_SUCCESS")))
+        assert published["run_id"] == ("new" if steps >= 4 else "old"), steps
+        assert all(os.path.exists(os.path.join(partition, f["path"])) for f in published["files"]), steps
+        assert finished == (steps == 5)
+        if finished:
+            assert not os.path.exists(area.root)
+            continue
+        again = staging.prepare(area, FINGERPRINT, "run-2")
+        if steps >= 2:  # past the publishing mark: the next attempt starts afresh
+            assert again.discarded.startswith("the earlier run was publishing") and not again.parts, steps
+        else:  # before it: the staged parts are resumed, the stray staged manifest is dropped
+            assert not again.discarded and len(again.parts) == 2, steps
+            assert staging.MANIFEST not in os.listdir(area.path("data"))
+
+
+def test_the_watch_tells_a_broken_stage_from_bad_records():
+    watch = FailureWatch(limit=4)
+    for _ in range(3):
+        assert watch.failed("Parse", "NameError", "name 'x' is not defined", "tb") is None
+    assert watch.failed("Parse", "ValueError", "bad", "tb") is None  # counted per exception type
+    broken = watch.failed("Parse", "NameError", "name 'x' is not defined", "tb")
+    assert broken and "stage Parse is broken: NameError" in broken[0] and "4 records" in broken[0]
+    assert "tb" in broken[1]
+    assert watch.failed("Other", "NameError", "", "") is None  # per stage
+
+    healthy = FailureWatch(limit=2)
+    healthy.succeeded("Parse")
+    assert all(healthy.failed("Parse", "ValueError", "bad", "") is None for _ in range(10))
+    assert all(FailureWatch(limit=0).failed("Parse", "E", "", "") is None for _ in range(100))
