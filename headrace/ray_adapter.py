@@ -86,7 +86,10 @@ class _StageActor:
             stage.start(self.context)
         except Exception as exc:  # noqa: BLE001 - a stage that cannot start is broken, whatever the cause
             error_type, message, trace = describe_exception(exc)
-            raise StageBroken(f"stage {stage.stage_name} failed in setup(): {error_type}: {message}", trace) from None
+            reason = f"stage {stage.stage_name} failed in setup(): {error_type}: {message}"
+            # Ray Data keeps only the text of a failed task's exception: tell the driver directly.
+            ray.get(watch.actor.setup_failed.remote(stage.stage_name, reason, trace))
+            raise StageBroken(reason, trace) from None
         self.stage, self.schema, self.keys, self.ledger, self.watch = stage, schema, keys, ledger, watch
         self.ready = time.time()
         self.actor = uuid.uuid4().hex[:8]
@@ -131,6 +134,12 @@ class _WatchActor:
 
     def succeeded(self, stage: str) -> None:
         self.watch.succeeded(stage)
+
+    def setup_failed(self, stage: str, reason: str, traceback: str) -> None:
+        self.watch.broken.setdefault(stage, (reason, traceback))
+
+    def first_broken(self) -> tuple[str, str] | None:
+        return next(iter(self.watch.broken.values()), None)
 
 
 class _RemoteWatch:
@@ -230,31 +239,14 @@ def execute(
     try:
         try:
             build_dataset(pipeline, inputs, placements, ledger, _RemoteWatch(watch_actor)).write_datasink(sink)
-        except Exception as exc:
-            broken = _cause(exc, StageBroken)
+        except Exception:
+            # Ray Data passes on only the text of a task's exception; the watch knows what broke.
+            broken = ray.get(watch_actor.first_broken.remote())
             if broken is None:
                 raise
-            raise StageBroken(str(broken), broken.detail) from None
+            raise StageBroken(*broken) from None
         utilisation = ray.get(ledger.summary.remote())
     finally:
         ray.kill(ledger)
         ray.kill(watch_actor)
     return sink.parts, utilisation
-
-
-def _cause(exc: BaseException, kind: type) -> BaseException | None:
-    """The first ``kind`` in the chain of causes of ``exc``, through Ray's task-error wrappers."""
-    seen: set[int] = set()
-    queue = [exc]
-    while queue:
-        current = queue.pop(0)
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, ray.exceptions.RayTaskError) and current.cause is not None:
-            queue.append(current.cause)  # Ray's wrapper may pose as the cause's class: take the cause itself
-            continue
-        if isinstance(current, kind):
-            return current
-        queue += [getattr(current, "cause", None), current.__cause__, current.__context__]
-    return None

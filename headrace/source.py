@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import fsspec
 import pyarrow as pa
@@ -33,8 +33,10 @@ class Files:
     extensions: tuple[str, ...] = ()
     id_column: str = "doc_id"
     files_per_block: int = 16
+    given: str = field(default="", init=False, repr=False, compare=False)  # the url as the user wrote it
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "given", self.url)
         object.__setattr__(self, "url", absolute_url(self.url))
 
     @property
@@ -50,13 +52,13 @@ class Files:
         try:
             fs, path = fsspec.core.url_to_fs(self.url)
         except (ImportError, ValueError) as exc:
-            raise ConfigError(f"input {self.url!r}: {exc}") from exc
+            raise ConfigError(f"input {self.given!r}: {exc}") from exc
         candidates = retrying(lambda: self._candidates(fs, path), 5, 0.2, f"list {self.url}")
         matched = sorted(p for p in candidates if self._wanted(p))
         if not matched:
             wanted = "/".join(self.extensions) + " " if self.extensions else ""
             ignored = f" ({len(candidates)} other files ignored)" if candidates else ""
-            raise ConfigError(f"input {self.url!r} matched no {wanted}files{ignored}")
+            raise ConfigError(f"input {self.given!r} matched no {wanted}files{ignored}")
         uris = [fs.unstrip_protocol(p) for p in matched]
         return pa.table(
             {self.id_column: [stable_id(u) for u in uris], "source": uris}, schema=self.schema
@@ -71,7 +73,7 @@ class Files:
             return [p for p in fs.find(path, on_error="raise") if not _hidden(p, path)]
         if fs.exists(path):
             return [path]
-        raise ConfigError(f"input {self.url!r} does not exist")
+        raise ConfigError(f"input {self.given!r} does not exist")
 
     def _wanted(self, path: str) -> bool:
         return not self.extensions or path.lower().endswith(tuple(e.lower() for e in self.extensions))

@@ -24,7 +24,7 @@ def ray_cluster():
     # Stages defined in test modules must be importable by the workers too.
     tests = os.path.join(ROOT, "tests")
     ray.init(
-        num_cpus=4, num_gpus=0, include_dashboard=False, log_to_driver=False,
+        address="local", num_cpus=4, num_gpus=0, include_dashboard=False, log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([tests, ROOT])}},
     )
     yield ray

@@ -81,6 +81,9 @@ def test_submit_runs_commits_and_reports(small_corpus, tmp_path):
     manifest = json.loads(report.read_text())
     assert manifest["counts"]["input"] == 6 and manifest["config"]["input"].endswith("2026-11-20")
     assert manifest["warnings"] and manifest["cluster"]["cores"] == 2
+    # The report is the committed manifest, the same document, timings included.
+    assert json.loads((tmp_path / "out" / "ds=2026-11-20" / "_SUCCESS").read_text()) == manifest
+    assert manifest["timings"]["total_s"] > manifest["timings"]["commit_s"] >= 0
     committed = pads.dataset(str(tmp_path / "out"), format="parquet", partitioning="hive")
     assert committed.count_rows() == manifest["counts"]["output"]
 
