@@ -5,6 +5,7 @@ import os
 import subprocess
 
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import HEADRACE, ROOT, good_corpus
@@ -95,6 +96,16 @@ def test_demo_data_writes_documents_and_images(tmp_path):
     names = [os.path.relpath(os.path.join(d, f), tmp_path) for d, _, files in os.walk(tmp_path) for f in files]
     assert {n.split("/")[0] for n in names} == {"html", "md", "txt", "broken", "images"}
     assert len([n for n in names if n.startswith("images/img-")]) == 24
+
+    # The nightly job over the demo corpus commits, with exactly its four broken files quarantined.
+    run = headrace_cli("submit", PIPELINE, "--master", "local[2]", "--ds", "2026-11-21", "--conf", f"input={tmp_path}",
+                       "--conf", f"output={tmp_path / 'out'}", "--conf", "headrace.progress=false")
+    assert run.returncode == 0, run.stderr[-3000:]
+    quarantine = pq.read_table(str(tmp_path / "out" / "_quarantine" / "ds=2026-11-21")).to_pylist()
+    assert sorted(os.path.relpath(r["source"][len("file://"):], tmp_path) for r in quarantine) == sorted(
+        n for n in names if n.startswith("broken/"))
+    data = pq.read_table(str(tmp_path / "out" / "ds=2026-11-21"))
+    assert len(set(data.column("doc_id").to_pylist())) == 9
 
 
 def test_object_store_memory_sizes_a_local_ray(tmp_path):

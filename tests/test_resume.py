@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -39,11 +40,37 @@ def rows(output):
     )
 
 
-def submit(*conf):
-    args = [*HEADRACE, "submit", SLOW, "--ds", DS]
+def submit(*conf, pipeline=SLOW):
+    args = [*HEADRACE, "submit", pipeline, "--ds", DS]
     for pair in conf:
         args += ["--conf", pair]
     return args
+
+
+def kill_when_staged(args, env, progress, meanwhile=lambda: None, parts=3):
+    """Start a run, and SIGKILL its driver and the local Ray it started once ``parts`` write
+    tasks have staged their files."""
+    driver = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    ray_processes = []
+    try:
+        deadline = time.time() + 240
+        while len([f for f in _listdir(progress) if f.endswith(".json")]) < parts:
+            assert driver.poll() is None, "the run ended before it was killed"
+            assert time.time() < deadline, "nothing was staged in time"
+            meanwhile()
+            time.sleep(0.2)
+        ray_processes = psutil.Process(driver.pid).children(recursive=True)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        for process in ray_processes:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
 
 
 def test_a_sigkilled_run_is_resumed_and_publishes_exactly_a_clean_runs_rows(ray_cluster, tmp_path):
@@ -56,32 +83,18 @@ def test_a_sigkilled_run_is_resumed_and_publishes_exactly_a_clean_runs_rows(ray_
 
     conf = (f"input={large}", f"output={output}", "delay=0.6", "headrace.progress=false")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    driver = subprocess.Popen(submit(*conf), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
     progress = os.path.join(output, "_staging", f"ds={DS}", "progress")
-    ray_processes, concurrent = [], None
-    try:
-        deadline = time.time() + 240
-        while len([f for f in _listdir(progress) if f.endswith(".json")]) < 3:
-            assert driver.poll() is None, "the run ended before it was killed"
-            if concurrent is None and os.path.exists(os.path.join(output, "_staging", f"ds={DS}.lock")):
-                # A second scheduler starting the same date meanwhile is turned away untouched.
-                concurrent = subprocess.run(submit(*conf), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-            assert time.time() < deadline, "nothing was staged in time"
-            # The committed partition stays readable while the new run works.
-            assert pads.dataset(output, format="parquet", partitioning="hive").count_rows() == first.counts["output"]
-            time.sleep(0.2)
-        ray_processes = psutil.Process(driver.pid).children(recursive=True)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-        for process in ray_processes:  # the local Ray the killed driver had started
-            try:
-                process.kill()
-            except psutil.NoSuchProcess:
-                pass
+    concurrent = None
+
+    def meanwhile():
+        nonlocal concurrent
+        if concurrent is None and os.path.exists(os.path.join(output, "_staging", f"ds={DS}.lock")):
+            # A second scheduler starting the same date meanwhile is turned away untouched.
+            concurrent = subprocess.run(submit(*conf), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        # The committed partition stays readable while the new run works.
+        assert pads.dataset(output, format="parquet", partitioning="hive").count_rows() == first.counts["output"]
+
+    kill_when_staged(submit(*conf), env, progress, meanwhile)
 
     assert concurrent is not None and concurrent.returncode == 1, concurrent.stderr[-2000:]
     assert "another run" in concurrent.stderr and "is working on this date's output" in concurrent.stderr
@@ -146,6 +159,34 @@ def _listdir(path):
         return os.listdir(path)
     except FileNotFoundError:
         return []
+
+
+def test_editing_the_stage_after_a_kill_discards_what_the_old_code_staged(tmp_path):
+    corpus, output, clean = str(tmp_path / "in"), str(tmp_path / "out"), str(tmp_path / "clean")
+    lines_corpus(corpus, 30, seed=4, exploding=(5,))
+    job = tmp_path / "lines_job.py"  # the user's pipeline file, with its stage in it
+    shutil.copy(SLOW, job)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": ROOT}
+    conf = (f"input={corpus}", f"output={output}", "headrace.progress=false")
+    kill_when_staged(submit(*conf, "delay=0.4", pipeline=str(job)), env,
+                     os.path.join(output, "_staging", f"ds={DS}", "progress"), parts=2)
+
+    source = job.read_text()
+    job.write_text(source.replace("lines.append(line)", "lines.append(line.upper())"))  # the fix
+    rerun = subprocess.run(submit(*conf, "delay=0.4", pipeline=str(job)), cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    manifest = json.load(open(os.path.join(output, f"ds={DS}", "_SUCCESS")))
+    discarded = manifest["resume"]["discarded"]
+    assert "the configuration changed" in discarded and "code of" in discarded and "lines_job" in discarded
+    assert manifest["resume"]["inputs_resumed"] == 0 and "discarded" in rerun.stderr
+
+    fresh = subprocess.run(submit(f"input={corpus}", f"output={clean}", "headrace.progress=false", pipeline=str(job)),
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    data, quarantine = rows(output)
+    assert (data, quarantine) == rows(clean) and len(data) == manifest["counts"]["output"]
+    assert all(row[3] == row[3].upper() for row in data)  # no row made by the old code
 
 
 def test_a_lock_from_another_host_holds_until_its_heartbeat_stops(tmp_path):
