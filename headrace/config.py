@@ -150,6 +150,8 @@ def resolve(
     engine = EngineConf(**{k[len(ENGINE_PREFIX):]: v for k, v in values.items() if k.startswith(ENGINE_PREFIX)})
     if engine.object_store_memory is not None:
         parse_bytes(engine.object_store_memory, f"{ENGINE_PREFIX}object_store_memory")
+    if engine.broken_stage_after < 0:
+        raise ConfigError(f"{ENGINE_PREFIX}broken_stage_after={engine.broken_stage_after}: 0 (off) or more, please")
     day = parse_ds(ds)
     settings = {k: v.replace("{ds}", day) if isinstance(v, str) else v for k, v in settings.items()}
     return RunConf(engine=engine, settings=settings, ds=day, sources=sources)

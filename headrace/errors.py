@@ -2,7 +2,16 @@
 
 
 class HeadraceError(Exception):
+    """``str()`` is the one-line reason; ``detail`` (a traceback) is printed after it."""
+
     exit_code = 1
+
+    def __init__(self, message: str = "", detail: str = ""):
+        super().__init__(message)
+        self.detail = detail
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.detail))
 
 
 class ConfigError(HeadraceError):
@@ -30,14 +39,8 @@ class RunInProgress(HeadraceError):
 
 
 class StageBroken(HeadraceError):
-    """A stage fails systematically (a bug, a missing model), not on bad records: the run stops.
+    """A stage fails systematically (a bug, a missing model), not on bad records: the run stops."""
 
-    ``str()`` is the one-line reason; ``detail`` holds the first failure's traceback.
-    """
 
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(reason)
-        self.detail = detail
-
-    def __reduce__(self):
-        return (type(self), (str(self), self.detail))
+class TaskFailed(HeadraceError):
+    """A task or actor of the run failed outside any record (a contract bug, a crash Ray gave up on)."""

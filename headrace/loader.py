@@ -15,7 +15,7 @@ from headrace.pipeline import Pipeline
 
 DEFAULT_ATTR = "pipeline"
 # Modules loaded from a file path: Ray workers cannot import them, so what they define
-# is shipped by value (see compiler.build_dataset).
+# is shipped by value (see ray_adapter.build_dataset).
 FILE_MODULES: list = []
 
 

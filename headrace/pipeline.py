@@ -34,7 +34,7 @@ class Pipeline:
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
         if self.max_quarantine_fraction is None or not 0 <= self.max_quarantine_fraction <= 1:
-            raise PipelineError("max_quarantine_fraction must lie between 0 and 1")
+            raise PipelineError("max_quarantine_fraction must be a number from 0 to 1 (1.0 turns the gate off)")
         object.__setattr__(self, "_schemas", self._check())
 
     @property

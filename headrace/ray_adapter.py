@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import time
 import uuid
 
@@ -22,7 +23,7 @@ from ray.data import ActorPoolStrategy, Datasink, DataContext
 
 from headrace import loader
 from headrace.envelope import describe_exception, envelop
-from headrace.errors import ConfigError, StageBroken
+from headrace.errors import ConfigError, StageBroken, TaskFailed
 from headrace.isolate import FailureWatch, apply_stage
 from headrace.memory import HeapTrimmer
 from headrace.part_writer import PartWriter
@@ -239,14 +240,27 @@ def execute(
     try:
         try:
             build_dataset(pipeline, inputs, placements, ledger, _RemoteWatch(watch_actor)).write_datasink(sink)
-        except Exception:
+        except Exception as exc:
             # Ray Data passes on only the text of a task's exception; the watch knows what broke.
             broken = ray.get(watch_actor.first_broken.remote())
-            if broken is None:
-                raise
-            raise StageBroken(*broken) from None
+            if broken is not None:
+                raise StageBroken(*broken) from None
+            if isinstance(exc, ray.exceptions.RayTaskError):
+                raise TaskFailed(*_task_error(str(exc))) from exc
+            raise
         utilisation = ray.get(ledger.summary.remote())
     finally:
         ray.kill(ledger)
         ray.kill(watch_actor)
     return sink.parts, utilisation
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _task_error(text: str) -> tuple[str, str]:
+    """(the user's exception line, its traceback) from the text of a Ray task error, whose
+    last line is otherwise Ray Data's advice on retries."""
+    first = _ANSI.sub("", text).split("\nThe above exception was the direct cause")[0].strip()
+    lines = first.splitlines()
+    return f"a task failed: {lines[-1] if lines else 'unknown error'}", "\n".join(lines[1:-1])[-3000:]

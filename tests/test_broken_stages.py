@@ -107,3 +107,24 @@ def test_a_pipeline_without_a_gate_setting_whose_schema_rejects_every_row_publis
     # Turning the gate off is explicit, and an empty output is then published with a warning.
     opened = headrace.run(pipeline, DS, headrace.EngineConf(progress=False, max_quarantine_fraction=1.0))
     assert opened.counts["output"] == 0 and any("output is empty" in w for w in opened.warnings)
+
+
+class ForgetsItsColumn(Stage):
+    """Declares a column it never returns: a bug in the stage, found on its first batch."""
+
+    needs = ("text",)
+    adds = {"words": pa.int32()}
+
+    def process(self, batch):
+        return batch
+
+
+def test_a_stage_that_breaks_its_contract_fails_the_run_with_the_reason_not_rays_advice(ray_cluster, tmp_path):
+    write(str(tmp_path / "in"), "doc.txt", b"some words")
+    pipeline = Pipeline(name="contract", source=Files(str(tmp_path / "in")),
+                        stages=[ReadFiles(), DecodeText(), ForgetsItsColumn()], sink=ParquetSink(str(tmp_path / "out")))
+    with pytest.raises(headrace.HeadraceError) as failed:
+        headrace.run(pipeline, DS, QUIET)
+    assert failed.value.exit_code == 1
+    assert "ContractError: stage ForgetsItsColumn did not return its column 'words'" in str(failed.value)
+    assert not os.path.exists(tmp_path / "out" / f"ds={DS}")
