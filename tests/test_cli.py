@@ -37,6 +37,8 @@ def small_corpus(tmp_path_factory):
         (["--ds", "yesterday"], "--ds 'yesterday': expected a date"),
         (["--conf", "noequals"], "expected KEY=VALUE"),
         (["--conf", "headrace.object_store_memory=lots"], "expected a size such as 2GiB"),
+        (["--conf", "headrace.broken_stage_after=-1"], "broken_stage_after=-1: 0 (off) or more"),
+        (["--conf", "max_quarantine_fraction=2"], "max_quarantine_fraction must be a number from 0 to 1"),
     ],
 )
 def test_bad_configuration_exits_2_with_one_line_before_ray(args, message):
