@@ -24,11 +24,27 @@ __all__ = [
     "StageBroken",
     "StageContext",
     "fixed_size_list",
+    "read",
     "run",
+    "scan",
     "stable_id",
     "table_to_numpy",
     "TransientError",
 ]
+
+
+def read(output, ds=None, columns=None, storage_options=None):
+    """The committed rows under ``output`` (one date, or all with a ``ds`` column), from the manifests."""
+    from headrace.committed import read as _read
+
+    return _read(output, ds, columns, storage_options)
+
+
+def scan(output, ds=None, storage_options=None):
+    """Like ``read``, as a polars LazyFrame."""
+    from headrace.committed import scan as _scan
+
+    return _scan(output, ds, storage_options)
 
 
 def run(pipeline, ds=None, engine=None, config=None):

@@ -1,10 +1,20 @@
-"""The commit: conservation, the quality gate, then publishing the partition atomically.
+"""The commit: conservation, the quality gate, then publishing the partition.
 
 When every write task is done, the driver checks that every input is accounted for
-(in the output, or only in the quarantine), applies the quality gate, writes the
-``_SUCCESS`` manifest into the staged data folder and swaps it with the published
-partition in a single rename. A refused run publishes nothing: it leaves its staged
-files and a ``_FAILED`` manifest, and the previous partition stays as it was.
+(in the output, or only in the quarantine) and applies the quality gate. A refused run
+publishes nothing: it leaves its staged files and a ``_FAILED`` manifest, and the
+previous partition stays as it was. Then it publishes, in one of two ways:
+
+- On a local or mounted disk: write ``_SUCCESS`` into the staged data folder and swap
+  it with the published partition in a single rename (renameat2 RENAME_EXCHANGE). A
+  reader sees the old partition or the new one, never a mix.
+- On an object store (no rename): copy the staged files server-side into the partition
+  under names unique to the run, then write ``_SUCCESS`` (one PUT, the commit point: it
+  lists exactly the partition's files), then delete every file of the partition and of
+  its quarantine that ``_SUCCESS`` does not list. A reader that follows ``_SUCCESS``
+  (``headrace.read``) sees the old rows or the new ones, never a mix; a reader that
+  globs the folder sees the new files next to the old ones between the copies and the
+  deletes (seconds), or until the date's next run if the driver dies in between.
 """
 
 from __future__ import annotations
@@ -12,8 +22,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import posixpath
 import shutil
 from collections import Counter
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -71,13 +83,39 @@ def gate(counts: dict[str, int], parts: list[StagedPart], limit: float) -> tuple
     return None, None
 
 
-def data_files(area: StagingArea, parts: list[StagedPart], schema: pa.Schema) -> list[dict]:
-    """The partition's files; an empty partition gets one empty file, so readers find its schema."""
+@dataclass
+class Layout:
+    """The files a publish makes visible: names in the partition and quarantine, and
+    the staged file each one comes from."""
+
+    files: list[dict] = field(default_factory=list)  # {"path", "rows", "bytes"}, as in _SUCCESS
+    quarantine_files: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)  # published name -> staged path
+
+
+def layout(area: StagingArea, parts: list[StagedPart], schema: pa.Schema, run_id: str) -> Layout:
+    """Name the partition's files. An empty partition gets one empty file, so readers find its schema.
+
+    On a local disk the staged folder becomes the partition, names and all; on an object
+    store every published name carries the run id, so a new run never overwrites a file
+    that the committed ``_SUCCESS`` still lists.
+    """
+    def published(staged: str) -> str:
+        return staged if area.storage.local else f"part-{run_id}-{staged[len('part-'):]}"
+
+    result = Layout()
     files = [(p.file, p.data_rows, p.data_bytes) for p in parts if p.data_rows]
     if not files:
         size = area.storage.write_parquet(schema.empty_table(), area.path("data", EMPTY_PART), area.compression)
         files = [(EMPTY_PART, 0, size)]
-    return [{"path": name, "rows": rows, "bytes": size} for name, rows, size in sorted(files)]
+    for name, rows, size in sorted(files):
+        result.files.append({"path": published(name), "rows": rows, "bytes": size})
+        result.sources[published(name)] = area.path("data", name)
+    for part in sorted(parts, key=lambda p: p.name):
+        if part.quarantine_rows:
+            result.quarantine_files.append(published(part.file))
+            result.sources["_quarantine/" + published(part.file)] = area.path("quarantine", part.file)
+    return result
 
 
 def refuse(area: StagingArea, manifest: dict, reason: str) -> None:
@@ -86,8 +124,11 @@ def refuse(area: StagingArea, manifest: dict, reason: str) -> None:
     raise QualityGateError(f"{reason}; nothing published; staged files, quarantine and _FAILED kept in {area.root}")
 
 
-def publish(area: StagingArea, manifest: dict, run: dict, partition: str, quarantine: str) -> None:
+def publish(area: StagingArea, manifest: dict, run: dict, partition: str, quarantine: str, files: Layout) -> None:
     """Write ``manifest`` as _SUCCESS and make the staged partition and quarantine visible."""
+    if not area.storage.local:
+        _publish_by_copy(area, manifest, partition, quarantine, files)
+        return
     area.storage.write_json(area.path("data", MANIFEST), manifest)
     # From here on the staged files are not to be resumed: a kill during the swap
     # could leave the old partition's files where the staged ones were.
@@ -96,6 +137,30 @@ def publish(area: StagingArea, manifest: dict, run: dict, partition: str, quaran
     publish_directory(area.path("quarantine"), quarantine)
     publish_directory(area.path("data"), partition)
     area.storage.remove(area.root, recursive=True, missing_ok=True)
+
+
+def _publish_by_copy(area: StagingArea, manifest: dict, partition: str, quarantine: str, files: Layout) -> None:
+    """Copy, commit with one PUT of _SUCCESS, then delete what it does not list.
+
+    A kill before the PUT leaves the previous _SUCCESS in force and the staged files
+    intact, so the rerun resumes and its own publish deletes the copies left behind.
+    """
+    storage = area.storage
+    for name in files.quarantine_files:
+        storage.copy(files.sources["_quarantine/" + name], posixpath.join(quarantine, name))
+    for entry in files.files:
+        storage.copy(files.sources[entry["path"]], posixpath.join(partition, entry["path"]))
+    storage.write_json(posixpath.join(partition, MANIFEST), manifest)
+    sweep(storage, partition, {entry["path"] for entry in files.files} | {MANIFEST})
+    sweep(storage, quarantine, set(files.quarantine_files))
+    storage.remove(area.root, recursive=True, missing_ok=True)
+
+
+def sweep(storage, folder: str, keep: set[str]) -> None:
+    """Delete the files of ``folder`` whose names are not in ``keep``."""
+    for name in storage.listdir(folder):
+        if name not in keep:
+            storage.remove(posixpath.join(folder, name), recursive=True, missing_ok=True)
 
 
 _RENAME_EXCHANGE = 2

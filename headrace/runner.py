@@ -96,9 +96,10 @@ def run(
 
     sink, id_column = pipeline.sink, pipeline.keys[0]
     # One run per date and output at a time; a killed run's lock is taken over at once.
-    with RunLock(sink.staging(ds) + ".lock", run_id):
+    storage = sink.storage()
+    with RunLock(storage, sink.staging(ds) + ".lock", run_id):
         settings = {k: v for k, v in (config or {}).items() if not k.startswith(ENGINE_PREFIX)}
-        area = staging.StagingArea(sink.storage(), sink.staging(ds), sink.compression)
+        area = staging.StagingArea(storage, sink.staging(ds), sink.compression)
         resumed = staging.prepare(
             area, fingerprint(pipeline, settings, code_files), run_id, engine.resume,
             {"ds": ds, "pipeline": pipeline.name, "config": settings},
@@ -128,18 +129,19 @@ def run(
         if warning:
             log.warning(warning)
             warnings.append(warning)
-        files = [] if refused else commit.data_files(area, parts, pipeline.output_schema)
+        files = commit.Layout() if refused else commit.layout(area, parts, pipeline.output_schema, run_id)
         timings["commit_s"] = time.perf_counter() - mark
         timings["total_s"] = time.perf_counter() - started
         manifest = build_manifest(
             pipeline=pipeline, engine=engine, run_id=run_id, ds=ds, started_at=started_at, config=config or {},
             placements=placements, cluster=cluster, utilisation=utilisation, timings=timings, resumed=resumed,
-            processed=todo.num_rows, gate=gate, counts=counts, files=files, warnings=warnings,
+            processed=todo.num_rows, gate=gate, counts=counts, files=files.files,
+            quarantine_files=files.quarantine_files, warnings=warnings,
             status="failed" if refused else "committed",
         )
         if refused:
             commit.refuse(area, manifest, refused)
-        commit.publish(area, manifest, resumed.run, sink.partition(ds), sink.quarantine(ds))
+        commit.publish(area, manifest, resumed.run, sink.partition(ds), sink.quarantine(ds), files)
         return RunResult(manifest=manifest)
 
 

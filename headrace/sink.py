@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import posixpath
 from dataclasses import dataclass
 
 import fsspec
@@ -30,9 +30,9 @@ class ParquetSink:
 
     ``url`` may contain ``{ds}``; it is expanded with the run's logical date. A relative
     path is made absolute when the sink is made (on the driver). Files are
-    written through fsspec (``storage_options`` go to the filesystem); the partition is
-    published with an atomic directory swap, so the filesystem must be a local one (a
-    local or network disk) for now.
+    written through fsspec (``storage_options`` go to the filesystem): a local or mounted
+    disk, s3://, gs:// or any other fsspec store. See headrace.commit for how a partition
+    is published on each.
     """
 
     url: str
@@ -46,13 +46,9 @@ class ParquetSink:
         object.__setattr__(self, "url", absolute_url(self.url))
         protocol = fsspec.core.split_protocol(self.url)[0] or "file"
         try:
-            cls = fsspec.get_filesystem_class(protocol)
+            fsspec.get_filesystem_class(protocol)
         except (ImportError, ValueError) as exc:
             raise PipelineError(f"output {self.url!r}: {exc}") from exc
-        if not getattr(cls, "local_file", False):
-            raise PipelineError(
-                f"output {self.url!r}: only local (or mounted network) paths are supported for output so far"
-            )
         if self.rows_per_file < 1:
             raise PipelineError("rows_per_file must be at least 1")
 
@@ -65,16 +61,22 @@ class ParquetSink:
         return Storage(self.filesystem(), self.retries, self.retry_backoff_s)
 
     def root(self, ds: str) -> str:
-        return fsspec.core.strip_protocol(self.url.replace("{ds}", ds))
+        """The output folder as a path of its filesystem (no protocol)."""
+        return fsspec.core.strip_protocol(self.url.replace("{ds}", ds)).rstrip("/")
 
     def partition(self, ds: str) -> str:
-        return os.path.join(self.root(ds), f"ds={ds}")
+        return posixpath.join(self.root(ds), f"ds={ds}")
 
     def quarantine(self, ds: str) -> str:
-        return os.path.join(self.root(ds), "_quarantine", f"ds={ds}")
+        return posixpath.join(self.root(ds), "_quarantine", f"ds={ds}")
 
     def staging(self, ds: str) -> str:
-        return os.path.join(self.root(ds), "_staging", f"ds={ds}")
+        return posixpath.join(self.root(ds), "_staging", f"ds={ds}")
+
+    def url_of(self, path: str) -> str:
+        """A path of this sink's filesystem as readers elsewhere name it: a plain path on a
+        local disk, a URL (s3://bucket/...) on a store."""
+        return self.storage().url(path)
 
     def describe(self) -> str:
         return f"parquet {self.url}/ds={{ds}}  (quarantine: _quarantine/ds={{ds}}, {self.rows_per_file} rows/file)"

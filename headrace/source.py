@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from headrace.errors import ConfigError
 from headrace.retry import retrying
-from headrace.storage import absolute_url
+from headrace.storage import absolute_url, is_local
 
 GLOB_CHARS = "*?["
 
@@ -66,11 +66,14 @@ class Files:
 
     def _candidates(self, fs, path: str) -> list[str]:
         # fsspec's walk skips a directory whose listing fails unless told to raise: that
-        # would silently leave its files out of the run.
+        # would silently leave its files out of the run. Object stores list a prefix flat,
+        # page by page (one request per 1,000 objects, none per object), and raise on a
+        # failed page; their find() takes no on_error.
+        walk = {"on_error": "raise"} if is_local(fs) else {}
         if any(ch in path for ch in GLOB_CHARS):
-            return [p for p in fs.glob(path, on_error="raise") if not fs.isdir(p)]
+            return [p for p, info in fs.glob(path, detail=True, **walk).items() if info.get("type") != "directory"]
         if fs.isdir(path):
-            return [p for p in fs.find(path, on_error="raise") if not _hidden(p, path)]
+            return [p for p in fs.find(path, **walk) if not _hidden(p, path)]
         if fs.exists(path):
             return [path]
         raise ConfigError(f"input {self.given!r} does not exist")

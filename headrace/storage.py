@@ -3,8 +3,10 @@
 Object stores and network disks fail now and then with timeouts, dropped connections
 or 429/5xx answers. Each operation here is retried with exponential backoff when the
 failure is transient; a permanent one (permission denied, no such bucket) is raised at
-once. Writes go to a hidden temporary name first and are renamed into place, so a
-reader or a retried task never sees half a file.
+once. A reader or a retried task never sees half a file: on a local disk a write goes
+to a hidden temporary name and is renamed into place; on an object store (s3://, gs://)
+an object becomes visible only when its upload completes, so it is written in place.
+Object stores have no rename: there a "rename" is a server-side copy and a delete.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ def absolute_url(url: str) -> str:
     return url
 
 
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return "file" in protocols or getattr(fs, "local_file", False)
+
+
 class Storage:
     """An fsspec filesystem with retried operations on absolute paths of that filesystem."""
 
@@ -42,6 +49,15 @@ class Storage:
         self.fs = fs
         self.retries = retries
         self.backoff_s = backoff_s
+
+    @property
+    def local(self) -> bool:
+        """A local (or mounted) filesystem, with atomic renames."""
+        return is_local(self.fs)
+
+    def url(self, path: str) -> str:
+        """``path`` with its protocol, as a reader elsewhere needs it."""
+        return path if self.local else self.fs.unstrip_protocol(path)
 
     def retry(self, what: str, operation: Callable[[], T]) -> T:
         return retrying(operation, self.retries, self.backoff_s, what)
@@ -61,6 +77,13 @@ class Storage:
         self._write(path, lambda handle: handle.write(data))
 
     def _write(self, path: str, write: Callable[[Any], None]) -> int:
+        if not self.local:
+            def upload() -> None:
+                with self.fs.open(path, "wb") as handle:
+                    write(handle)
+
+            self.retry(f"write {path}", upload)
+            return self.retry(f"size of {path}", lambda: self.fs.size(path))
         directory, name = posixpath.split(path)
         temporary = posixpath.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
 
@@ -89,7 +112,30 @@ class Storage:
     def read_json(self, path: str) -> Any:
         return json.loads(self.retry(f"read {path}", lambda: self.fs.cat_file(path)))
 
+    def create_only(self, path: str, data: bytes) -> None:
+        """Write ``path`` only if it does not exist (O_EXCL, S3 If-None-Match, GCS
+        ifGenerationMatch=0); FileExistsError otherwise."""
+        self.retry(f"create {path}", lambda: self.fs.pipe_file(path, data, mode="create"))
+
+    def read_bytes(self, path: str) -> bytes:
+        return self.retry(f"read {path}", lambda: self.fs.cat_file(path))
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        self._write(path, lambda handle: handle.write(data))
+
+    def copy(self, source: str, target: str) -> None:
+        """A server-side copy on object stores."""
+        self.retry(f"copy {source} -> {target}", lambda: self.fs.cp_file(source, target))
+
+    def glob(self, pattern: str) -> list[str]:
+        return self.retry(f"list {pattern}", lambda: sorted(self.fs.glob(pattern)))
+
     def rename(self, source: str, target: str) -> None:
+        if not self.local:  # no rename on object stores (and no moveTo on the GCS emulator)
+            self.copy(source, target)
+            self.remove(source, missing_ok=True)
+            return
+
         def move() -> None:
             try:
                 self.fs.mv(source, target)

@@ -190,15 +190,18 @@ def test_editing_the_stage_after_a_kill_discards_what_the_old_code_staged(tmp_pa
 
 
 def test_a_lock_from_another_host_holds_until_its_heartbeat_stops(tmp_path):
+    from headrace import ParquetSink
     from headrace.errors import RunInProgress
     from headrace.lock import RunLock
 
+    storage = ParquetSink(str(tmp_path)).storage()
     path = tmp_path / "_staging" / f"ds={DS}.lock"
     path.parent.mkdir()
-    path.write_text(json.dumps({"host": "worker-7", "pid": 1, "run_id": "r-1", "since": time.time()}))
+    holder = {"host": "worker-7", "pid": 1, "run_id": "r-1", "since": time.time(), "beat": time.time()}
+    path.write_text(json.dumps(holder))
     with pytest.raises(RunInProgress, match=r"another run \(r-1, pid 1 on worker-7"):
-        RunLock(str(path), "r-2", stale_s=60).acquire()
-    os.utime(path, (time.time() - 120, time.time() - 120))  # no heartbeat for two minutes
-    with RunLock(str(path), "r-2", stale_s=60):
+        RunLock(storage, str(path), "r-2", stale_s=60).acquire()
+    path.write_text(json.dumps({**holder, "beat": time.time() - 120}))  # no heartbeat for two minutes
+    with RunLock(storage, str(path), "r-2", stale_s=60):
         assert json.loads(path.read_text())["run_id"] == "r-2"
     assert not path.exists()
