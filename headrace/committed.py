@@ -23,6 +23,7 @@ def dataset(output: str, ds: str | None = None, storage_options: dict | None = N
     Dataset with a ``ds`` column."""
     fs, root = fsspec.core.url_to_fs(output, **(storage_options or {}))
     root = root.rstrip("/")
+    fs.invalidate_cache()
     if ds is not None:
         manifests = [posixpath.join(root, f"ds={ds}", MANIFEST)]
         if not fs.exists(manifests[0]):

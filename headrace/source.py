@@ -53,6 +53,7 @@ class Files:
             fs, path = fsspec.core.url_to_fs(self.url)
         except (ImportError, ValueError) as exc:
             raise ConfigError(f"input {self.given!r}: {exc}") from exc
+        fs.invalidate_cache()  # a filesystem instance is shared in a process: list afresh
         candidates = retrying(lambda: self._candidates(fs, path), 5, 0.2, f"list {self.url}")
         matched = sorted(p for p in candidates if self._wanted(p))
         if not matched:

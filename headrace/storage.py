@@ -128,7 +128,14 @@ class Storage:
         self.retry(f"copy {source} -> {target}", lambda: self.fs.cp_file(source, target))
 
     def glob(self, pattern: str) -> list[str]:
-        return self.retry(f"list {pattern}", lambda: sorted(self.fs.glob(pattern)))
+        def listing() -> list[str]:
+            self.fs.invalidate_cache()  # as in listdir
+            try:
+                return sorted(self.fs.glob(pattern))
+            finally:
+                self.fs.invalidate_cache()
+
+        return self.retry(f"list {pattern}", listing)
 
     def rename(self, source: str, target: str) -> None:
         if not self.local:  # no rename on object stores (and no moveTo on the GCS emulator)
@@ -165,10 +172,15 @@ class Storage:
     def listdir(self, path: str) -> list[str]:
         """Names (not paths) of the entries of ``path``; empty when it does not exist."""
         def listing() -> list[str]:
+            # Other processes write here: neither trust nor keep a cached listing (s3fs and
+            # gcsfs would answer later look-ups of new files from it with FileNotFoundError).
+            self.fs.invalidate_cache(path)
             try:
                 entries = self.fs.ls(path, detail=False)
             except FileNotFoundError:
                 return []
+            finally:
+                self.fs.invalidate_cache(path)
             return sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
 
         return self.retry(f"list {path}", listing)

@@ -5,6 +5,12 @@ import sys
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# gcsfs reads these when it is imported: the GCS emulator speaks no hierarchical-namespace API.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+import socket
+import subprocess
+import time
 
 import pytest
 
@@ -65,3 +71,59 @@ def mixed_corpus(tmp_path_factory):
         for name, data in broken_documents(random.Random(5)).items()
     }
     return directory, good, bad
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _serve(command: list[str], port: int, what: str):
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server
+        except OSError:
+            if server.poll() is not None or time.time() > deadline:
+                server.kill()
+                raise RuntimeError(f"{what} did not start on port {port}")
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto in server mode: a real S3 API on a local port. Its settings go into the
+    environment, where s3fs (and every subprocess, Ray workers included) finds them."""
+    port = free_port()
+    server = _serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port, "moto")
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    os.environ.update(env)
+    yield env
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """gcp-storage-emulator: a GCS JSON API on a local port (STORAGE_EMULATOR_HOST)."""
+    port = free_port()
+    emulator = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
+    server = _serve([emulator, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"], port, "gcp-storage-emulator")
+    env = {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}"}
+    os.environ.update(env)
+    yield env
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def bucket(protocol: str, name: str):
+    """A new bucket on the emulator of ``protocol``; returns its filesystem."""
+    import fsspec
+
+    fs = fsspec.filesystem(protocol, skip_instance_cache=True)
+    fs.mkdir(name)
+    return fs

@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -11,16 +10,10 @@ import psutil
 
 import pyarrow.parquet as pq
 
-from conftest import HEADRACE, ROOT, write
+from conftest import HEADRACE, ROOT, free_port, write
 
 WORD_COUNT = os.path.join(ROOT, "tests", "fixtures", "word_count.py")
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_relative_input_and_output_resolve_on_the_driver_not_on_the_workers(tmp_path):

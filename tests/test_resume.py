@@ -47,7 +47,7 @@ def submit(*conf, pipeline=SLOW):
     return args
 
 
-def kill_when_staged(args, env, progress, meanwhile=lambda: None, parts=3):
+def kill_when_staged(args, env, progress, meanwhile=lambda: None, parts=3, listdir=None):
     """Start a run, and SIGKILL its driver and the local Ray it started once ``parts`` write
     tasks have staged their files."""
     driver = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -55,7 +55,7 @@ def kill_when_staged(args, env, progress, meanwhile=lambda: None, parts=3):
     ray_processes = []
     try:
         deadline = time.time() + 240
-        while len([f for f in _listdir(progress) if f.endswith(".json")]) < parts:
+        while len([f for f in (listdir or _listdir)(progress) if f.endswith(".json")]) < parts:
             assert driver.poll() is None, "the run ended before it was killed"
             assert time.time() < deadline, "nothing was staged in time"
             meanwhile()
