@@ -1,0 +1,41 @@
+"""The README's snippets for reading the output run as written, and see only committed rows."""
+
+import os
+import re
+
+import headrace
+from conftest import QUIET, ROOT, write
+from headrace import loader
+
+WORD_COUNT = os.path.join(ROOT, "tests", "fixtures", "word_count.py")
+
+
+def readme_snippets() -> list[str]:
+    text = open(os.path.join(ROOT, "README.md")).read()
+    section = text.split("## Reading the output", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_every_reading_snippet_of_the_readme_sees_exactly_the_committed_rows(ray_cluster, tmp_path):
+    factory = loader.load(WORD_COUNT)
+    out = str(tmp_path / "out")
+    for day, count in (("2026-10-20", 3), ("2026-10-21", 4)):
+        for index in range(count):
+            write(str(tmp_path / day), f"doc-{index}.txt", ("word " * (index + 1)).encode())
+        headrace.run(factory.build(input=str(tmp_path / day), output=out), day, QUIET)
+    # A rerun of the first date replaces it; a killed run's staged files are never read.
+    headrace.run(factory.build(input=str(tmp_path / "2026-10-20"), output=out), "2026-10-20", QUIET)
+    write(os.path.join(out, "_staging", "ds=2026-10-22", "data"), "part-000-00000.parquet", b"not committed")
+
+    snippets = readme_snippets()
+    assert len(snippets) == 4
+    namespace = {"OUT": out, "DS": "2026-10-21"}
+    for snippet in snippets:
+        exec(compile(snippet, "README.md", "exec"), namespace)
+
+    assert namespace["table"].num_rows == 4 and set(namespace["table"].column("ds").to_pylist()) == {"2026-10-21"}
+    assert namespace["everything"].num_rows == 7
+    assert namespace["recent"].height == 4
+    assert namespace["data"].num_rows == 7
+    assert namespace["frame"].height == 7 and sorted(set(namespace["frame"]["ds"].cast(str))) == ["2026-10-20", "2026-10-21"]
+    assert [(str(ds), n) for ds, n in namespace["counts"]] == [("2026-10-20", 3), ("2026-10-21", 4)]
