@@ -6,7 +6,7 @@ from headrace.config import EngineConf
 from headrace.errors import ConfigError, ConservationError, HeadraceError, PipelineError, QualityGateError, StageBroken
 from headrace.pipeline import Pipeline
 from headrace.retry import TransientError
-from headrace.sink import ParquetSink
+from headrace.sink import ParquetSink, output_sink
 from headrace.source import Files, stable_id
 from headrace.stage import Stage, StageContext, fixed_size_list, table_to_numpy
 
@@ -17,6 +17,7 @@ __all__ = [
     "Files",
     "HeadraceError",
     "ParquetSink",
+    "output_sink",
     "Pipeline",
     "PipelineError",
     "QualityGateError",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import os
 import sys
 import time
 import traceback
@@ -178,5 +179,33 @@ def demo_data(directory, count, seed):
     click.echo(f"wrote {len(documents)} documents and {len(images)} images to {directory}")
 
 
+def entry() -> None:
+    """The console script: run the command, then leave with its exit code whatever happens
+    at interpreter exit (a process that used both s3fs and deltalake can abort there,
+    after its work is done, and would turn a committed run into a crash)."""
+    try:
+        code = main.main(standalone_mode=False)
+        code = code if isinstance(code, int) else 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("headrace: interrupted", err=True)
+        code = EXIT_INTERRUPTED
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -93,7 +93,7 @@ class Layout:
     sources: dict[str, str] = field(default_factory=dict)  # published name -> staged path
 
 
-def layout(area: StagingArea, parts: list[StagedPart], schema: pa.Schema, run_id: str) -> Layout:
+def layout(area: StagingArea, parts: list[StagedPart], schema: pa.Schema, run_id: str, unique: bool = False) -> Layout:
     """Name the partition's files. An empty partition gets one empty file, so readers find its schema.
 
     On a local disk the staged folder becomes the partition, names and all; on an object
@@ -101,7 +101,7 @@ def layout(area: StagingArea, parts: list[StagedPart], schema: pa.Schema, run_id
     that the committed ``_SUCCESS`` still lists.
     """
     def published(staged: str) -> str:
-        return staged if area.storage.local else f"part-{run_id}-{staged[len('part-'):]}"
+        return staged if area.storage.local and not unique else f"part-{run_id}-{staged[len('part-'):]}"
 
     result = Layout()
     files = [(p.file, p.data_rows, p.data_bytes) for p in parts if p.data_rows]
@@ -139,6 +139,15 @@ def publish(area: StagingArea, manifest: dict, run: dict, partition: str, quaran
     area.storage.remove(area.root, recursive=True, missing_ok=True)
 
 
+def copy_staged(area: StagingArea, partition: str, quarantine: str, files: Layout) -> None:
+    """Copy the staged files to their published names (server-side on object stores)."""
+    storage = area.storage
+    for name in files.quarantine_files:
+        storage.copy(files.sources["_quarantine/" + name], posixpath.join(quarantine, name))
+    for entry in files.files:
+        storage.copy(files.sources[entry["path"]], posixpath.join(partition, entry["path"]))
+
+
 def _publish_by_copy(area: StagingArea, manifest: dict, partition: str, quarantine: str, files: Layout) -> None:
     """Copy, commit with one PUT of _SUCCESS, then delete what it does not list.
 
@@ -146,10 +155,7 @@ def _publish_by_copy(area: StagingArea, manifest: dict, partition: str, quaranti
     intact, so the rerun resumes and its own publish deletes the copies left behind.
     """
     storage = area.storage
-    for name in files.quarantine_files:
-        storage.copy(files.sources["_quarantine/" + name], posixpath.join(quarantine, name))
-    for entry in files.files:
-        storage.copy(files.sources[entry["path"]], posixpath.join(partition, entry["path"]))
+    copy_staged(area, partition, quarantine, files)
     storage.write_json(posixpath.join(partition, MANIFEST), manifest)
     sweep(storage, partition, {entry["path"] for entry in files.files} | {MANIFEST})
     sweep(storage, quarantine, set(files.quarantine_files))

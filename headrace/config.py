@@ -7,6 +7,7 @@ engine settings prefixed ``headrace.``. An unknown key is an error, found before
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import types
@@ -37,6 +38,7 @@ class EngineConf:
     verbose: bool = False
     resume: bool = True  # keep what a killed run of the same ds and configuration staged
     object_store_memory: str | None = None  # e.g. 2GiB: a local Ray's object store, and Ray Data's budget
+    storage_options: str | None = None  # JSON: {"s3": {"endpoint_url": ...}}, fsspec options per protocol; never recorded
 
 
 @dataclass
@@ -78,6 +80,30 @@ def parse_bytes(value: str | int, what: str = "size") -> int:
     if size < 100 * 2**20:
         raise ConfigError(f"{what}={value!r}: at least 100MiB, please")
     return size
+
+
+def parse_storage_options(value: str | dict) -> dict[str, dict]:
+    """``{"s3": {...}, "gs": {...}}``: fsspec options per protocol. The value is never echoed:
+    it may hold secrets."""
+    what = f"{ENGINE_PREFIX}storage_options"
+    if isinstance(value, dict):
+        options = value
+    else:
+        try:
+            options = json.loads(value)
+        except ValueError:
+            raise ConfigError(f"{what} is not valid JSON (expected {{\"s3\": {{\"endpoint_url\": ...}}}})") from None
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise ConfigError(f"{what} must map each protocol to its options, e.g. {{\"s3\": {{\"anon\": true}}}}")
+    return options
+
+
+def redacted(options: str | dict | None) -> dict | None:
+    """What a manifest may say of storage options: the protocols and keys, no values."""
+    if options is None:
+        return None
+    parsed = parse_storage_options(options)
+    return {protocol: {key: "***" for key in values} for protocol, values in parsed.items()}
 
 
 def parse_pairs(pairs: list[str], what: str = "--conf") -> dict[str, str]:
@@ -150,6 +176,8 @@ def resolve(
     engine = EngineConf(**{k[len(ENGINE_PREFIX):]: v for k, v in values.items() if k.startswith(ENGINE_PREFIX)})
     if engine.object_store_memory is not None:
         parse_bytes(engine.object_store_memory, f"{ENGINE_PREFIX}object_store_memory")
+    if engine.storage_options is not None:
+        parse_storage_options(engine.storage_options)
     if engine.broken_stage_after < 0:
         raise ConfigError(f"{ENGINE_PREFIX}broken_stage_after={engine.broken_stage_after}: 0 (off) or more, please")
     day = parse_ds(ds)

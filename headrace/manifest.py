@@ -41,6 +41,7 @@ def build_manifest(
         "started_at": started_at,
         "input": pipeline.source.url,
         "output": sink.url,
+        "output_format": sink.format,
         "partition": sink.url_of(sink.partition(ds)),
         "quarantine": sink.url_of(sink.quarantine(ds)),
         "files": files,

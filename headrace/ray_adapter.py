@@ -39,9 +39,13 @@ MIN_BLOCKS = 8
 
 
 def connect(
-    master: Master, num_cpus: int | None = None, num_gpus: int | None = None, object_store_memory: int | None = None
+    master: Master, num_cpus: int | None = None, num_gpus: int | None = None, object_store_memory: int | None = None,
+    worker_env: dict[str, str] | None = None,
 ) -> Cluster:
-    """Start or join Ray. Reuses a Ray already initialised in this process (tests, notebooks)."""
+    """Start or join Ray. Reuses a Ray already initialised in this process (tests, notebooks).
+
+    ``worker_env`` reaches the workers of a cluster through the job's runtime environment;
+    a local Ray's workers inherit this process's environment."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not ray.is_initialized():
         if master.kind == "local":
@@ -56,7 +60,8 @@ def connect(
             )
         else:
             try:
-                ray.init(address=master.address, logging_level=logging.WARNING)
+                ray.init(address=master.address, logging_level=logging.WARNING,
+                         runtime_env={"env_vars": worker_env} if worker_env else None)
             except (ConnectionError, ValueError) as exc:
                 raise ConfigError(f"cannot connect to Ray at {master.address}: {exc}") from exc
     resources = ray.cluster_resources()

@@ -13,7 +13,9 @@ The order of a run, and where each step lives:
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headrace import commit, staging
-from headrace.config import ENGINE_PREFIX, EngineConf, default_ds, parse_bytes
+from headrace.config import ENGINE_PREFIX, EngineConf, default_ds, parse_bytes, parse_storage_options, redacted
 from headrace.fingerprint import fingerprint
 from headrace.lock import RunLock
 from headrace.manifest import build_manifest
@@ -78,6 +80,7 @@ def run(
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
+    worker_env = _storage_environment(engine.storage_options)
     inputs = pipeline.source.list()
     timings["list_s"] = time.perf_counter() - started
 
@@ -86,7 +89,7 @@ def run(
     store = parse_bytes(engine.object_store_memory) if engine.object_store_memory is not None else None
     from headrace import ray_adapter  # imports Ray
 
-    cluster = ray_adapter.connect(master, engine.num_cpus, engine.num_gpus, store)
+    cluster = ray_adapter.connect(master, engine.num_cpus, engine.num_gpus, store, worker_env)
     placements = place(pipeline, cluster, engine.require_gpu)
     warnings = [p.note for p in placements if p.note]
     for note in warnings:
@@ -129,11 +132,11 @@ def run(
         if warning:
             log.warning(warning)
             warnings.append(warning)
-        files = commit.Layout() if refused else commit.layout(area, parts, pipeline.output_schema, run_id)
+        files = commit.Layout() if refused else commit.layout(area, parts, pipeline.output_schema, run_id, sink.unique_names)
         timings["commit_s"] = time.perf_counter() - mark
         timings["total_s"] = time.perf_counter() - started
         manifest = build_manifest(
-            pipeline=pipeline, engine=engine, run_id=run_id, ds=ds, started_at=started_at, config=config or {},
+            pipeline=pipeline, engine=engine, run_id=run_id, ds=ds, started_at=started_at, config=_recordable(config),
             placements=placements, cluster=cluster, utilisation=utilisation, timings=timings, resumed=resumed,
             processed=todo.num_rows, gate=gate, counts=counts, files=files.files,
             quarantine_files=files.quarantine_files, warnings=warnings,
@@ -141,8 +144,32 @@ def run(
         )
         if refused:
             commit.refuse(area, manifest, refused)
-        commit.publish(area, manifest, resumed.run, sink.partition(ds), sink.quarantine(ds), files)
+        sink.publish(area, manifest, resumed.run, ds, files, pipeline.output_schema)
         return RunResult(manifest=manifest)
+
+
+def _storage_environment(options: str | None) -> dict[str, str]:
+    """fsspec options per protocol for this process and every worker, through fsspec's own
+    ``FSSPEC_<PROTOCOL>`` variables (set before Ray starts, so local workers inherit them)."""
+    if options is None:
+        return {}
+    import fsspec.config
+
+    env = {}
+    for protocol, values in parse_storage_options(options).items():
+        fsspec.config.conf.setdefault(protocol, {}).update(values)
+        env[f"FSSPEC_{protocol.upper()}"] = json.dumps(values)
+    os.environ.update(env)
+    return env
+
+
+def _recordable(config: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's settings as the manifest may hold them: storage options without values."""
+    config = dict(config or {})
+    key = f"{ENGINE_PREFIX}storage_options"
+    if config.get(key) is not None:
+        config[key] = redacted(config[key])
+    return config
 
 
 def _without(inputs: pa.Table, id_column: str, done: set[str]) -> pa.Table:

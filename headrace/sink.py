@@ -42,6 +42,9 @@ class ParquetSink:
     retries: int = 5  # transient storage failures retried per file operation
     retry_backoff_s: float = 0.2
 
+    format = "parquet"
+    unique_names = False  # whether published files carry the run id even on a local disk
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "url", absolute_url(self.url))
         protocol = fsspec.core.split_protocol(self.url)[0] or "file"
@@ -73,6 +76,12 @@ class ParquetSink:
     def staging(self, ds: str) -> str:
         return posixpath.join(self.root(ds), "_staging", f"ds={ds}")
 
+    def publish(self, area, manifest: dict, run: dict, ds: str, files, schema: pa.Schema) -> None:
+        """Make the staged partition visible (headrace.commit)."""
+        from headrace.commit import publish
+
+        publish(area, manifest, run, self.partition(ds), self.quarantine(ds), files)
+
     def url_of(self, path: str) -> str:
         """A path of this sink's filesystem as readers elsewhere name it: a plain path on a
         local disk, a URL (s3://bucket/...) on a store."""
@@ -80,3 +89,14 @@ class ParquetSink:
 
     def describe(self) -> str:
         return f"parquet {self.url}/ds={{ds}}  (quarantine: _quarantine/ds={{ds}}, {self.rows_per_file} rows/file)"
+
+
+def output_sink(url: str, output_format: str = "parquet", **settings) -> ParquetSink:
+    """The sink for ``output_format``: ``parquet`` (ParquetSink) or ``delta`` (DeltaSink)."""
+    if output_format == "parquet":
+        return ParquetSink(url, **settings)
+    if output_format == "delta":
+        from headrace.delta import DeltaSink
+
+        return DeltaSink(url, **settings)
+    raise PipelineError(f"output_format {output_format!r}: expected parquet or delta")

@@ -125,6 +125,8 @@ class Storage:
 
     def copy(self, source: str, target: str) -> None:
         """A server-side copy on object stores."""
+        if self.local:
+            self.makedirs(posixpath.dirname(target))
         self.retry(f"copy {source} -> {target}", lambda: self.fs.cp_file(source, target))
 
     def glob(self, pattern: str) -> list[str]:

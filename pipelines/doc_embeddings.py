@@ -8,7 +8,7 @@ all-MiniLM-L6-v2 embeddings (mean pooling, L2 normalisation) -> Parquet.
 
 from __future__ import annotations
 
-from headrace import Files, ParquetSink, Pipeline
+from headrace import Files, Pipeline, output_sink
 from schemas.doc_embeddings import doc_embeddings_schema
 from stages.files import ReadFiles
 from stages.models import EmbedText
@@ -29,6 +29,7 @@ def pipeline(
     embed_length_grouping: bool = True,
     rows_per_file: int = 20_000,
     max_quarantine_fraction: float = 0.5,
+    output_format: str = "parquet",
 ) -> Pipeline:
     """Settings are the keyword arguments (``--conf input=...``); ``model`` is a local folder."""
     return Pipeline(
@@ -44,7 +45,7 @@ def pipeline(
             ),
         ],
         schema=doc_embeddings_schema(),
-        sink=ParquetSink(output, rows_per_file=rows_per_file),
+        sink=output_sink(output, output_format, rows_per_file=rows_per_file),
         max_quarantine_fraction=max_quarantine_fraction,
         columns=["doc_id", "source", "chunk_index", "num_chunks", "text", "embedding", "model"],
     )

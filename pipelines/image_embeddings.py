@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from headrace import ConfigError, Files, ParquetSink, Pipeline
+from headrace import ConfigError, Files, Pipeline, output_sink
 from schemas.image_embeddings import image_embeddings_schema
 from stages.files import ReadFiles
 from stages.images import DEFAULT_MAX_PIXELS, DecodeImage, EmbedImages
@@ -24,6 +24,7 @@ def pipeline(
     embed_precision: str = "auto",
     rows_per_file: int = 20_000,
     max_quarantine_fraction: float = 0.5,
+    output_format: str = "parquet",
 ) -> Pipeline:
     """``model`` is a local folder with a transformers vision model and its image processor."""
     if not model:
@@ -35,7 +36,7 @@ def pipeline(
         source=Files(input, extensions=EXTENSIONS, id_column="image_id"),
         stages=[ReadFiles(), decode, embed.with_(batch_size=embed_batch_size, gpus=embed_gpus)],
         schema=image_embeddings_schema(embed.adds["embedding"].list_size),
-        sink=ParquetSink(output, rows_per_file=rows_per_file),
+        sink=output_sink(output, output_format, rows_per_file=rows_per_file),
         max_quarantine_fraction=max_quarantine_fraction,
         columns=["image_id", "source", "width", "height", "embedding", "model"],
     )

@@ -11,18 +11,20 @@ import pytest
 
 import headrace
 from conftest import HEADRACE, ROOT, bucket, good_corpus, write
+from fixtures.flaky_s3_proxy import FlakyS3Proxy
 from test_resume import kill_when_staged, lines_corpus
 
 DS = "2026-10-10"
 DOC_EMBEDDINGS = os.path.join(ROOT, "pipelines", "doc_embeddings.py")
 SLOW = os.path.join(ROOT, "tests", "fixtures", "slow_lines.py")
+WORD_COUNT = os.path.join(ROOT, "tests", "fixtures", "word_count.py")
 
 
-def submit(pipeline, *conf, ds=DS, timeout=300):
+def submit(pipeline, *conf, ds=DS, timeout=300, env=None):
     args = [*HEADRACE, "submit", pipeline, "--master", "local[2]", "--ds", ds, "--conf", "headrace.progress=false"]
     for pair in conf:
         args += ["--conf", pair]
-    return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +127,51 @@ def test_on_s3_a_second_run_of_the_date_is_turned_away_and_a_killed_run_resumes(
     assert 0 < manifest["resume"]["inputs_resumed"] < 40
     listed = {f["path"] for f in manifest["files"]} | {"_SUCCESS"}
     assert {posixpath.basename(p) for p in fs.ls(f"hr-lines-out/lines/ds={DS}", detail=False)} == listed
+
+
+def test_throttling_and_resets_on_every_kind_of_request_are_retried(s3_server, tmp_path):
+    fs = bucket("s3", "hr-flaky-in")
+    for index in range(8):
+        fs.pipe_file(f"hr-flaky-in/docs/doc-{index}.txt", ("word " * (index + 1)).encode())
+    fail = {"list": [2, 3], "get": [2, 5, 6], "put": [2, 4, 7], "copy": [1, 2], "delete": [1, 2]}
+    with FlakyS3Proxy(s3_server["AWS_ENDPOINT_URL"], fail) as proxy:
+        env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url, "RAY_USAGE_STATS_ENABLED": "0"}
+        flaky = submit(WORD_COUNT, "input=s3://hr-flaky-in/docs", "output=s3://hr-flaky-in/out", env=env)
+        counts, failed = dict(proxy.counts), dict(proxy.failed)
+    assert flaky.returncode == 0, flaky.stderr[-3000:]
+    clean = submit(WORD_COUNT, "input=s3://hr-flaky-in/docs", f"output={tmp_path / 'clean'}")
+    assert clean.returncode == 0, clean.stderr[-3000:]
+
+    def rows(where):
+        table = headrace.read(where, ds=DS)
+        return sorted(zip([os.path.basename(s) for s in table.column("source").to_pylist()], table.column("words").to_pylist()))
+
+    assert rows("s3://hr-flaky-in/out") == rows(str(tmp_path / "clean")) and len(rows(str(tmp_path / "clean"))) == 8
+    # Every chosen request was reached and failed, and the work went on past it.
+    assert failed == {kind: len(numbers) for kind, numbers in fail.items()}, (failed, counts)
+    assert all(counts[kind] > max(numbers) for kind, numbers in fail.items()), counts
+
+
+def test_storage_options_from_a_conf_key_reach_every_worker_and_are_never_written(s3_server, tmp_path):
+    fs = bucket("s3", "hr-options")
+    for index in range(3):
+        fs.pipe_file(f"hr-options/docs/doc-{index}.txt", ("word " * (index + 1)).encode())
+    secret = "not-a-real-secret-4f1c"
+    options = json.dumps({"s3": {"endpoint_url": s3_server["AWS_ENDPOINT_URL"], "key": "testing", "secret": secret}})
+    # Nothing in the environment says where S3 is or who we are: only the conf key does.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FSSPEC_"))}
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [*HEADRACE, "submit", WORD_COUNT, "--master", "local[2]", "--ds", DS, "--report", str(report),
+         "--conf", "input=s3://hr-options/docs", "--conf", "output=s3://hr-options/out",
+         "--conf", f"headrace.storage_options={options}", "--conf", "headrace.progress=false", "--verbose"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300, env={**env, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert headrace.read("s3://hr-options/out", ds=DS).num_rows == 3
+    fs.invalidate_cache()
+    written = [fs.cat_file(path) for path in fs.find("hr-options/out")] + [report.read_bytes()]
+    assert not any(secret.encode() in blob for blob in written)
+    assert secret not in result.stdout + result.stderr
+    recorded = json.loads(report.read_text())["config"]["headrace.storage_options"]
+    assert recorded == {"s3": {"endpoint_url": "***", "key": "***", "secret": "***"}}

@@ -1,0 +1,77 @@
+"""Delta Lake output: the same staged write tasks, one Delta transaction per run.
+
+The table lives at ``url``, partitioned by ``ds``. A run stages its Parquet files under
+``_staging/ds=D/`` inside the table folder, where Delta readers never look (the log does
+not name them, and ``_`` folders are hidden). To publish, the driver copies them into
+``ds=D/`` under names unique to the run, then commits one transaction that removes every
+file of partition ``ds=D`` and adds the new ones: the commit point, atomic for every
+Delta reader (polars ``read_delta``, DuckDB, Spark). Then it writes ``ds=D/_SUCCESS``
+(the manifest, for ``headrace status``/``headrace.read``) and drops the staging area.
+Old files stay on disk for time travel until you VACUUM the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from headrace.commit import Layout, copy_staged, sweep
+from headrace.sink import ParquetSink
+from headrace.staging import MANIFEST
+
+
+@dataclass(frozen=True)
+class DeltaSink(ParquetSink):
+    """A Delta Lake table at ``url`` (local, s3://, gs://), partitioned by ``ds``."""
+
+    format = "delta"
+    unique_names = True  # older table versions still name the files a run replaces
+
+    def describe(self) -> str:
+        return f"delta {self.url} partitioned by ds  (quarantine: _quarantine/ds={{ds}} as Parquet)"
+
+    def table_uri(self, ds: str) -> str:
+        return self.url.replace("{ds}", ds).removeprefix("file://")
+
+    def delta_options(self) -> dict[str, str]:
+        """delta-rs reads credentials from the environment; an http endpoint (an emulator)
+        must be allowed, and S3 commits use conditional PUTs instead of a lock service."""
+        if not self.url.startswith("s3://"):
+            return {}
+        options = {"aws_conditional_put": "etag"}
+        endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+        if endpoint.startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+        return options
+
+    def publish(self, area, manifest: dict, run: dict, ds: str, files: Layout, schema: pa.Schema) -> None:
+        from deltalake import DeltaTable, Schema
+        from deltalake.exceptions import TableNotFoundError
+        from deltalake.transaction import AddAction, create_table_with_add_actions
+
+        partition, quarantine = self.partition(ds), self.quarantine(ds)
+        copy_staged(area, partition, quarantine, files)
+        now = int(time.time() * 1000)
+        adds = [
+            AddAction(path=f"ds={ds}/{entry['path']}", size=entry["bytes"], partition_values={"ds": ds},
+                      modification_time=now, data_change=True, stats=json.dumps({"numRecords": entry["rows"]}))
+            for entry in files.files if entry["rows"]
+        ]
+        schema = Schema.from_arrow(schema.append(pa.field("ds", pa.string())))  # with the partition column
+        uri, options = self.table_uri(ds), self.delta_options()
+        try:
+            table = DeltaTable(uri, storage_options=options)
+        except TableNotFoundError:
+            create_table_with_add_actions(uri, schema, adds, mode="append", partition_by=["ds"], storage_options=options)
+        else:
+            table.create_write_transaction(adds, mode="overwrite", schema=schema, partition_by=["ds"],
+                                           partition_filters=[("ds", "=", ds)])
+        storage = area.storage
+        storage.write_json(posixpath.join(partition, MANIFEST), manifest)
+        sweep(storage, quarantine, set(files.quarantine_files))
+        storage.remove(area.root, recursive=True, missing_ok=True)

@@ -1,0 +1,77 @@
+"""Delta Lake output: one transaction per run replaces a date; a killed run leaves the table as it was."""
+
+import os
+import subprocess
+
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+
+import headrace
+from conftest import HEADRACE, ROOT, bucket, write
+from test_resume import kill_when_staged, lines_corpus
+
+WORD_COUNT = os.path.join(ROOT, "tests", "fixtures", "word_count.py")
+SLOW = os.path.join(ROOT, "tests", "fixtures", "slow_lines.py")
+
+
+def submit(pipeline, ds, *conf, env=None):
+    args = [*HEADRACE, "submit", pipeline, "--master", "local[2]", "--ds", ds, "--conf", "headrace.progress=false",
+            "--conf", "output_format=delta"]
+    for pair in conf:
+        args += ["--conf", pair]
+    return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+
+
+def words_by_date(frame: pl.DataFrame) -> dict:
+    rows = frame.select("ds", "source", "words").sort("ds", "source").rows()
+    return {ds: [(os.path.basename(s), w) for d, s, w in rows if d == ds] for ds in sorted({r[0] for r in rows})}
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_rerunning_a_date_leaves_one_version_of_its_partition(request, tmp_path, where):
+    for index in range(4):
+        write(str(tmp_path / "in"), f"doc-{index}.txt", ("word " * (index + 1)).encode())
+    write(str(tmp_path / "in-b"), "doc-b.txt", b"one two")
+    if where == "s3":
+        request.getfixturevalue("s3_server")
+        bucket("s3", "hr-delta")
+        table, options = "s3://hr-delta/words", {"AWS_ALLOW_HTTP": "true", "aws_conditional_put": "etag"}
+    else:
+        table, options = str(tmp_path / "words"), {}
+
+    for ds, source in (("2026-10-01", "in"), ("2026-10-02", "in-b"), ("2026-10-01", "in")):
+        result = submit(WORD_COUNT, ds, f"input={tmp_path / source}", f"output={table}")
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    delta = DeltaTable(table, storage_options=options)
+    assert delta.version() == 2 and delta.metadata().partition_columns == ["ds"]
+    seen = words_by_date(pl.read_delta(table, storage_options=options))
+    expected = {"2026-10-01": [(f"doc-{i}.txt", i + 2) for i in range(4)], "2026-10-02": [("doc-b.txt", 2)]}
+    assert seen == expected  # each row once, though 2026-10-01 ran twice
+    # The manifests name the same files the log does.
+    assert words_by_date(pl.from_arrow(headrace.read(table))) == expected
+
+
+def test_a_killed_run_leaves_the_table_at_its_previous_version_and_the_rerun_resumes(tmp_path):
+    lines_corpus(str(tmp_path / "small"), 2, seed=1)
+    lines_corpus(str(tmp_path / "large"), 30, seed=2)
+    table = str(tmp_path / "lines")
+    first = submit(SLOW, "2026-10-03", f"input={tmp_path / 'small'}", f"output={table}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = pl.read_delta(table).sort("source", "line_index")
+
+    args = [*HEADRACE, "submit", SLOW, "--master", "local[2]", "--ds", "2026-10-03", "--conf", "headrace.progress=false",
+            "--conf", "output_format=delta", "--conf", f"input={tmp_path / 'large'}", "--conf", f"output={table}",
+            "--conf", "delay=0.4"]
+    kill_when_staged(args, {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+                     os.path.join(table, "_staging", "ds=2026-10-03", "progress"))
+    assert DeltaTable(table).version() == 0
+    assert pl.read_delta(table).sort("source", "line_index").equals(before)  # staged files are invisible
+
+    rerun = submit(SLOW, "2026-10-03", f"input={tmp_path / 'large'}", f"output={table}", "delay=0.4")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming ds=2026-10-03" in rerun.stderr
+    after = pl.read_delta(table)
+    assert DeltaTable(table).version() == 1 and after.select("source").n_unique() == 30
+    assert after.height == after.select("source", "line_index").unique().height  # no row twice
