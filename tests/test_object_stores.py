@@ -175,3 +175,47 @@ def test_storage_options_from_a_conf_key_reach_every_worker_and_are_never_writte
     assert secret not in result.stdout + result.stderr
     recorded = json.loads(report.read_text())["config"]["headrace.storage_options"]
     assert recorded == {"s3": {"endpoint_url": "***", "key": "***", "secret": "***"}}
+
+
+def test_a_kill_at_any_step_of_publishing_on_s3_leaves_the_old_rows_or_the_new(s3_server):
+    """Publish on a store: copies, one PUT of _SUCCESS, deletes of what it does not list, clean-up."""
+    from headrace import commit, staging
+    from test_staging import FINGERPRINT, SCHEMA, KilledAfter, first_attempt
+
+    fs = bucket("s3", "hr-publish")
+    steps, finished = 0, False
+    while not finished:
+        url = f"s3://hr-publish/kill-{steps}"
+        sink, area = first_attempt(None, url=url)
+        partition, quarantine = sink.partition(DS), sink.quarantine(DS)
+        old = "part-old.parquet"
+        area.storage.write_parquet(SCHEMA.empty_table(), posixpath.join(partition, old))
+        area.storage.write_json(posixpath.join(partition, "_SUCCESS"), {"run_id": "old", "files": [{"path": old}]})
+
+        resumed = staging.prepare(area, FINGERPRINT, "run-1")
+        staging.keep_complete(area, resumed, ["a", "b", "c", "d"], "doc_id")
+        files = commit.layout(area, resumed.parts, SCHEMA, "run-1")
+        dying = staging.StagingArea(KilledAfter(fs, steps), area.root)
+        manifest = {"run_id": "run-1", "files": files.files, "quarantine_files": files.quarantine_files}
+        try:
+            commit.publish(dying, manifest, resumed.run, partition, quarantine, files)
+            finished = True
+        except Exception as exc:  # noqa: BLE001 - the kill
+            assert type(exc).__name__ == "Killed", exc
+        fs.invalidate_cache()
+        committed = json.loads(fs.cat_file(posixpath.join(partition, "_SUCCESS")))
+        rows = headrace.read(url, ds=DS)
+        if committed["run_id"] == "old":
+            assert rows.num_rows == 0, steps  # the old partition: its one empty file, nothing new
+            # The staged files are intact: the next attempt resumes them (and publishes again).
+            again = staging.prepare(area, FINGERPRINT, "run-2")
+            assert not again.discarded and len(again.parts) == 2, steps
+        else:
+            assert sorted(rows.column("doc_id").to_pylist()) == ["a", "a", "a", "c", "c"], steps
+        listed = {f["path"] for f in committed["files"]} | {"_SUCCESS"}
+        present = {posixpath.basename(p) for p in fs.ls(partition, detail=False)}
+        assert listed <= present, steps  # everything _SUCCESS names is there
+        if finished:
+            assert present == listed and not fs.exists(area.root)
+        steps += 1
+    assert steps >= 5

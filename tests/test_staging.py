@@ -40,10 +40,10 @@ def lines(doc_id, count, weight=FULL_WEIGHT):
     return table.append_column(WEIGHT, pa.array([int(s * scale) if scale != 1 else s for s in shares], pa.int64()))
 
 
-def first_attempt(tmp_path, storage=None):
+def first_attempt(tmp_path, storage=None, url=None):
     """Attempt 0 of a run that was killed: part 0 holds all of a and half of b, part 1 all of c,
     and a task that died before its progress file left a data file behind."""
-    sink = ParquetSink(str(tmp_path / "out"))
+    sink = ParquetSink(url or str(tmp_path / "out"))
     area = staging.StagingArea(storage or sink.storage(), sink.staging(DS))
     resumed = staging.prepare(area, FINGERPRINT, "run-0")
     assert resumed.attempt == 0 and not resumed.parts
@@ -51,7 +51,7 @@ def first_attempt(tmp_path, storage=None):
     half_b = lines("b", 2).slice(0, 1)  # one of b's two rows: half its weight
     writer.write(pa.concat_tables([lines("a", 3), half_b]), 0)
     writer.write(lines("c", 2), 1)
-    pq.write_table(lines("d", 1).select(SCHEMA.names), area.path("data", "part-000-00002.parquet"))
+    area.storage.write_parquet(lines("d", 1).select(SCHEMA.names), area.path("data", "part-000-00002.parquet"))
     return sink, area
 
 
@@ -121,6 +121,10 @@ class KilledAfter(Storage):
     def remove(self, *args, **kwargs):
         self._spend()
         return super().remove(*args, **kwargs)
+
+    def copy(self, *args, **kwargs):
+        self._spend()
+        return super().copy(*args, **kwargs)
 
 
 def test_a_kill_at_any_step_of_stripping_never_claims_a_row_twice(tmp_path):
