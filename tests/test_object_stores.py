@@ -7,7 +7,9 @@ import subprocess
 import time
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 import headrace
 from conftest import HEADRACE, ROOT, bucket, good_corpus, write
@@ -33,6 +35,7 @@ def corpus(tmp_path_factory):
     directory = tmp_path_factory.mktemp("store-corpus")
     good_corpus(str(directory / "docs"), count=6, seed=11)
     write(str(directory / "docs"), "broken/binary.md", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
+    write(str(directory / "docs"), "broken/empty.txt", b"")  # S3 answers a ranged GET of it with 416
     result = submit(DOC_EMBEDDINGS, f"input={directory / 'docs'}", f"output={directory / 'out'}")
     assert result.returncode == 0, result.stderr[-3000:]
     return directory, headrace.read(str(directory / "out"), ds=DS)
@@ -71,7 +74,12 @@ def test_doc_embeddings_from_bucket_to_bucket_equal_a_local_run(request, corpus,
         assert manifest["run_id"] in next(iter(listed - {"_SUCCESS"}))
         quarantine = f"hr-out-{protocol}/emb/_quarantine/ds={DS}"
         assert {posixpath.basename(p) for p in fs.ls(quarantine, detail=False)} == set(manifest["quarantine_files"])
-        assert manifest["counts"]["input_quarantined_only"] == 1 and manifest["output"] == output
+        assert manifest["counts"]["input_quarantined_only"] == 2 and manifest["output"] == output
+        reasons = sorted((os.path.basename(r["source"]), r["error_type"]) for name in manifest["quarantine_files"]
+                         for r in pq.read_table(f"{quarantine}/{name}", filesystem=PyFileSystem(FSSpecHandler(fs))).to_pylist())
+        local_quarantine = pq.read_table(str(directory / "out" / "_quarantine" / f"ds={DS}")).to_pylist()
+        assert reasons == sorted((os.path.basename(r["source"]), r["error_type"]) for r in local_quarantine)
+        assert ("empty.txt", "EmptyDocument") in reasons
         assert not fs.exists(f"hr-out-{protocol}/emb/_staging/ds={DS}")
 
 
