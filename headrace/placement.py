@@ -42,6 +42,17 @@ class Master:
         raise ConfigError(f"--master {value!r}: expected local, local[N], auto or ray://host:port")
 
 
+def use_ray_token_if_available() -> None:
+    """Clusters started with `ray start` take token authentication, and a driver must ask
+    for it before Ray is imported. Where a token is at hand (RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and the user said nothing, use it."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 @dataclass(frozen=True)
 class Cluster:
     """What the connected Ray offers, as seen once at start."""

@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import re
+import socket
 import time
 import uuid
 
@@ -59,6 +60,7 @@ def connect(
                 log_to_driver=True,
             )
         else:
+            _check_reachable(master.address)
             try:
                 ray.init(address=master.address, logging_level=logging.WARNING,
                          runtime_env={"env_vars": worker_env} if worker_env else None)
@@ -69,6 +71,20 @@ def connect(
     cores = master.cores if master.kind == "local" and master.cores else max(1, int(cpus))
     return Cluster(cpus=cpus, gpus=float(resources.get("GPU", 0)), cores=cores,
                    object_store=float(resources.get("object_store_memory", 0)))
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once (exit 2) where nothing answers at host:port, instead of Ray's minutes of
+    GCS retries on the console."""
+    match = re.fullmatch(r"(?:ray://)?\[?([\w.:-]+?)\]?:(\d+)", address)
+    if not match:
+        return  # auto: Ray finds the cluster this machine belongs to
+    host, port = match.group(1), int(match.group(2))
+    try:
+        socket.create_connection((host, port), timeout=10).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"--master {address}: nothing answers there ({reason}); is the Ray head running?") from None
 
 
 def configure(progress: bool, object_store_memory: int | None) -> None:

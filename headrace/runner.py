@@ -31,7 +31,7 @@ from headrace.lock import RunLock
 from headrace.manifest import build_manifest
 from headrace.part_writer import PartWriter
 from headrace.pipeline import Pipeline
-from headrace.placement import Master, place
+from headrace.placement import Master, place, use_ray_token_if_available
 
 log = logging.getLogger("headrace")
 
@@ -87,6 +87,8 @@ def run(
     run_id = new_run_id()
     master = Master.parse(engine.master)
     store = parse_bytes(engine.object_store_memory) if engine.object_store_memory is not None else None
+    if master.kind == "cluster":
+        use_ray_token_if_available()
     from headrace import ray_adapter  # imports Ray
 
     cluster = ray_adapter.connect(master, engine.num_cpus, engine.num_gpus, store, worker_env)

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import time
 
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -120,3 +121,14 @@ def test_object_store_memory_sizes_a_local_ray(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     store = json.loads(report.read_text())["cluster"]["object_store_memory"]
     assert abs(store - 300 * 2**20) < 0.01 * 300 * 2**20
+
+
+def test_a_master_where_nothing_answers_exits_2_at_once_naming_it(small_corpus):
+    from conftest import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    result = headrace_cli("submit", PIPELINE, "--master", address, "--conf", f"input={small_corpus}", timeout=60)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert time.monotonic() - started < 30
+    assert result.stderr.count("\n") == 1 and f"--master {address}: nothing answers there" in result.stderr

@@ -25,8 +25,8 @@ def test_relative_input_and_output_resolve_on_the_driver_not_on_the_workers(tmp_
     # Its own temp dir names every process of this cluster, so only they are stopped after
     # (`ray stop` would also stop the test session's Ray).
     temp_dir = tempfile.mkdtemp(prefix="hr-", dir="/tmp")
-    # Ray 2.60's `ray start` clusters take token authentication; the driver must ask for it.
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
     started = subprocess.run(
         [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=3",
          "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
