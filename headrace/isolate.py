@@ -27,7 +27,7 @@ DEFAULT_BROKEN_AFTER = 32
 
 
 class Watch(Protocol):
-    def failed(self, stage: str, error_type: str, message: str, traceback: str) -> str | None: ...
+    def failed(self, stage: str, error_type: str, message: str, traceback: str) -> tuple[str, str] | None: ...
 
     def succeeded(self, stage: str) -> None: ...
 
@@ -68,6 +68,10 @@ class FailureWatch:
 
     def succeeded(self, stage: str) -> None:
         self.healthy.add(stage)
+
+    def setup_failed(self, stage: str, reason: str, traceback: str) -> None:
+        """A stage that cannot start is broken at once."""
+        self.broken.setdefault(stage, (reason, traceback))
 
 
 def apply_stage(

@@ -110,7 +110,7 @@ class _StageActor:
             error_type, message, trace = describe_exception(exc)
             reason = f"stage {stage.stage_name} failed in setup(): {error_type}: {message}"
             # Ray Data keeps only the text of a failed task's exception: tell the driver directly.
-            ray.get(watch.actor.setup_failed.remote(stage.stage_name, reason, trace))
+            watch.setup_failed(stage.stage_name, reason, trace)
             raise StageBroken(reason, trace) from None
         self.stage, self.schema, self.keys, self.ledger, self.watch = stage, schema, keys, ledger, watch
         self.ready = time.time()
@@ -158,7 +158,7 @@ class _WatchActor:
         self.watch.succeeded(stage)
 
     def setup_failed(self, stage: str, reason: str, traceback: str) -> None:
-        self.watch.broken.setdefault(stage, (reason, traceback))
+        self.watch.setup_failed(stage, reason, traceback)
 
     def first_broken(self) -> tuple[str, str] | None:
         return next(iter(self.watch.broken.values()), None)
@@ -180,6 +180,9 @@ class _RemoteWatch:
         if stage not in self.healthy:
             self.healthy.add(stage)
             self.actor.succeeded.remote(stage)
+
+    def setup_failed(self, stage: str, reason: str, traceback: str) -> None:
+        ray.get(self.actor.setup_failed.remote(stage, reason, traceback))
 
 
 def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placement], ledger, watch):

@@ -3,7 +3,7 @@
 import pyarrow as pa
 
 from headrace import Stage
-from headrace.envelope import ERROR, FULL_WEIGHT, WEIGHT, envelop, enveloped
+from headrace.envelope import ERROR, envelop, enveloped
 from headrace.isolate import apply_stage
 
 KEYS = ("doc_id", "source")

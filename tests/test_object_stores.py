@@ -4,7 +4,6 @@ import json
 import os
 import posixpath
 import subprocess
-import time
 
 import numpy as np
 import pyarrow.parquet as pq

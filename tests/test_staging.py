@@ -5,7 +5,6 @@ import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from headrace import ParquetSink, commit, staging
 from headrace.envelope import FULL_WEIGHT, WEIGHT, envelop, share_weights
@@ -110,21 +109,18 @@ class KilledAfter(Storage):
         if self.budget < 0:
             raise Killed()
 
-    def write_parquet(self, *args, **kwargs):
-        self._spend()
-        return super().write_parquet(*args, **kwargs)
 
-    def write_json(self, *args, **kwargs):
-        self._spend()
-        return super().write_json(*args, **kwargs)
 
-    def remove(self, *args, **kwargs):
+def _dying(name):
+    def operation(self, *args, **kwargs):
         self._spend()
-        return super().remove(*args, **kwargs)
+        return getattr(Storage, name)(self, *args, **kwargs)
 
-    def copy(self, *args, **kwargs):
-        self._spend()
-        return super().copy(*args, **kwargs)
+    return operation
+
+
+for _name in ("write_parquet", "write_json", "remove", "copy"):  # the operations that change the store
+    setattr(KilledAfter, _name, _dying(_name))
 
 
 def test_a_kill_at_any_step_of_stripping_never_claims_a_row_twice(tmp_path):
