@@ -14,7 +14,7 @@ import click
 
 from headrace import config as conf_mod
 from headrace import loader
-from headrace.errors import HeadraceError
+from headrace.errors import ConfigError, HeadraceError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_QUALITY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -89,7 +89,11 @@ def _code_files(factory) -> list[str]:
 
 @main.command()
 @click.argument("pipeline")
-@click.option("--master", "--address", default=None, help="local | local[N] | auto | ray://host:port")
+@click.option("--master", "--address", default=None,
+              help="local | local[N] | auto | HOST:PORT (a Ray head); with --deploy-mode cluster: http://HEAD:8265")
+@click.option("--deploy-mode", type=click.Choice(["client", "cluster"]), default="client", show_default=True,
+              help="client: run here; cluster: submit the run as a Ray job and follow it.")
+@click.option("--no-wait", is_flag=True, help="With --deploy-mode cluster: print the submission id and return.")
 @_with(_conf_options)
 @click.option("--ds", help="Logical date YYYY-MM-DD (default: yesterday, UTC).")
 @click.option("--name", help="Job name shown in the summary and manifest.")
@@ -103,11 +107,17 @@ def _code_files(factory) -> list[str]:
 @click.option("--report", type=click.Path(), help="Write the JSON run report here.")
 @click.argument("pipeline_args", nargs=-1, type=click.UNPROCESSED)
 @_exits
-def submit(pipeline, master, conf_pairs, properties_file, ds, name, num_cpus, num_gpus, require_gpu, resume, dry_run, verbose, report, pipeline_args):
+def submit(pipeline, master, deploy_mode, no_wait, conf_pairs, properties_file, ds, name, num_cpus, num_gpus,
+           require_gpu, resume, dry_run, verbose, report, pipeline_args):
     """Run PIPELINE (path/to/pipeline.py or package.module:attr) for one logical date."""
     _logging(verbose)
     flags = dict(master=master, name=name, num_cpus=num_cpus, num_gpus=num_gpus, require_gpu=require_gpu,
                  resume=resume, verbose=verbose or None)
+    if deploy_mode == "cluster":
+        return _submit_job(pipeline, master, no_wait, conf_pairs, properties_file, ds, flags, dry_run, report,
+                           pipeline_args)
+    if no_wait:
+        raise ConfigError("--no-wait goes with --deploy-mode cluster (a client-mode run is this process)")
     factory, run_conf, built = _resolve(pipeline, conf_pairs, properties_file, flags, ds, pipeline_args)
     if dry_run:
         inputs = built.source.list()
@@ -115,6 +125,34 @@ def submit(pipeline, master, conf_pairs, properties_file, ds, name, num_cpus, nu
         click.echo(f"dry run: ds={run_conf.ds}, {inputs.num_rows:,} input files; nothing was executed")
         return
     _run_one(built, run_conf, report, _code_files(factory))
+
+
+def _submit_job(pipeline, master, no_wait, conf_pairs, properties_file, ds, flags, dry_run, report, pipeline_args):
+    """--deploy-mode cluster: check everything here, then run as a Ray job (headrace.jobs)."""
+    from headrace import jobs
+
+    jobs.check_dashboard(master)
+    for flag, value in (("--report", report), ("--num-cpus", flags["num_cpus"]), ("--num-gpus", flags["num_gpus"])):
+        if value is not None:
+            raise ConfigError(
+                f"{flag} does not go with --deploy-mode cluster"
+                + ("; the run's manifest is its partition's _SUCCESS" if flag == "--report" else "")
+            )
+    factory, run_conf, built = _resolve(pipeline, conf_pairs, properties_file, flags, ds, pipeline_args)
+    spec = jobs.job_spec(pipeline, run_conf, flags)
+    client = jobs.Jobs(master)
+    if dry_run:
+        click.echo(built.explain())
+        click.echo(f"dry run: would submit to {client.address}: {spec.entrypoint}")
+        click.echo(f"  working directory: {spec.runtime_env.get('working_dir', '(none: installed pipeline)')}")
+        return
+    submission = client.submit(spec, run_conf.engine.name or built.name)
+    click.echo(f"headrace: submitted {submission} to {client.address}", err=True)
+    if no_wait:
+        click.echo(submission)
+        return
+    code = client.follow(submission)
+    sys.exit(code)
 
 
 def _run_one(built, run_conf, report, code_files=()):
@@ -156,13 +194,61 @@ def backfill(pipeline, start, end, master, conf_pairs, properties_file, verbose)
         days.append(day.isoformat())
         day += dt.timedelta(days=1)
     if not days:
-        from headrace.errors import ConfigError
 
         raise ConfigError(f"--start {first} is after --end {last}")
     # Check every date's configuration before the first one runs.
     planned = [_resolve(pipeline, conf_pairs, properties_file, {"master": master}, d) for d in days]
     for factory, run_conf, built in planned:
         _run_one(built, run_conf, None, _code_files(factory))
+
+
+@main.group()
+def job() -> None:
+    """Follow runs submitted with --deploy-mode cluster (Ray jobs)."""
+
+
+_job_options = [
+    click.argument("submission_id"),
+    click.option("--master", "--address", required=True, help="The Ray dashboard, http://head:8265."),
+]
+
+
+@job.command("status")
+@_with(_job_options)
+@_exits
+def job_status(submission_id, master):
+    """Print the job's status, and the run's exit code once it ended."""
+    from headrace.jobs import Jobs
+
+    info = Jobs(master).info(submission_id)
+    code = f" (exit {info.driver_exit_code})" if info.driver_exit_code is not None else ""
+    click.echo(f"{submission_id} {info.status}{code}")
+
+
+@job.command("logs")
+@_with(_job_options)
+@click.option("--follow", "-f", is_flag=True, help="Stream until the job ends, then exit with the run's exit code.")
+@_exits
+def job_logs(submission_id, master, follow):
+    """Print the job's logs."""
+    from headrace.jobs import Jobs
+
+    jobs = Jobs(master)
+    if follow:
+        jobs.info(submission_id)
+        sys.exit(jobs.follow(submission_id))
+    click.echo(jobs.logs(submission_id), nl=False)
+
+
+@job.command("stop")
+@_with(_job_options)
+@_exits
+def job_stop(submission_id, master):
+    """Ask the cluster to stop the job (the run is killed; nothing is published)."""
+    from headrace.jobs import Jobs
+
+    stopped = Jobs(master).stop(submission_id)
+    click.echo(f"{submission_id} {'stopping' if stopped else 'had already ended'}")
 
 
 @main.command("demo-data")

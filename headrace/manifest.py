@@ -21,6 +21,7 @@ def build_manifest(
     placements: list,
     cluster,
     utilisation: dict,
+    nodes: list[dict],
     timings: dict[str, float],
     resumed,
     processed: int,
@@ -55,8 +56,9 @@ def build_manifest(
             for p in placements
         ],
         "cluster": {"cpus": cluster.cpus, "gpus": cluster.gpus, "cores": cluster.cores,
-                    "object_store_memory": cluster.object_store},
+                    "object_store_memory": cluster.object_store, "nodes": cluster.nodes},
         "utilisation": utilisation,
+        "nodes": nodes,
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "resume": {
             "attempt": resumed.attempt + 1,

@@ -37,20 +37,37 @@ class Master:
             if cores < 1:
                 raise ConfigError(f"--master {value}: need at least one core")
             return cls("local", cores=cores)
-        if value == "auto" or value.startswith("ray://") or re.match(r"^[\w.-]+:\d+$", value):
+        if value.startswith("ray://"):
+            # Ray Data needs a driver with a core worker, which a Ray Client session has not
+            # (ray-project/ray#48682: "Ray Client is not supported by Ray Data").
+            raise ConfigError(
+                f"--master {value}: Ray Data does not run over Ray Client (ray://); give the head's "
+                "GCS address (--master HEAD:6379) from a machine that reaches every node, or run on "
+                "the cluster with --deploy-mode cluster --master http://HEAD:8265"
+            )
+        if value == "auto" or re.match(r"^[\w.-]+:\d+$", value):
             return cls("cluster", address=value)
-        raise ConfigError(f"--master {value!r}: expected local, local[N], auto or ray://host:port")
+        if value.startswith(("http://", "https://")):
+            raise ConfigError(f"--master {value}: a dashboard address goes with --deploy-mode cluster")
+        raise ConfigError(f"--master {value!r}: expected local, local[N], auto or HOST:PORT")
 
 
 def use_ray_token_if_available() -> None:
     """Clusters started with `ray start` take token authentication, and a driver must ask
     for it before Ray is imported. Where a token is at hand (RAY_AUTH_TOKEN,
     RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and the user said nothing, use it."""
-    if "RAY_AUTH_MODE" in os.environ:
-        return
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
-    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
+    available = bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is None and available:
         os.environ["RAY_AUTH_MODE"] = "token"
+    elif mode == "token" and not available:
+        # Ray would abort the process (a C++ check) on connecting.
+        where = f"RAY_AUTH_TOKEN_PATH={path} does not exist" if "RAY_AUTH_TOKEN_PATH" in os.environ else f"no {path}"
+        raise ConfigError(
+            f"RAY_AUTH_MODE=token but no token is at hand ({where}, no RAY_AUTH_TOKEN): put the cluster's token "
+            "in ~/.ray/auth_token, or name its file with RAY_AUTH_TOKEN_PATH, or set RAY_AUTH_TOKEN"
+        )
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,7 @@ class Cluster:
     gpus: float
     cores: int  # physical cores for CPU model actors to share
     object_store: float = 0.0  # bytes of Ray object store across the cluster
+    nodes: int = 1  # alive Ray nodes at start
 
 
 @dataclass(frozen=True)

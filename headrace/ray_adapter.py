@@ -9,11 +9,13 @@ No other module imports ray.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import re
 import socket
+import sys
 import time
 import uuid
 
@@ -21,6 +23,7 @@ import pyarrow as pa
 import ray
 import ray.data
 from ray.data import ActorPoolStrategy, Datasink, DataContext
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from headrace import loader
 from headrace.envelope import describe_exception, envelop
@@ -70,21 +73,78 @@ def connect(
     cpus = float(resources.get("CPU", 1))
     cores = master.cores if master.kind == "local" and master.cores else max(1, int(cpus))
     return Cluster(cpus=cpus, gpus=float(resources.get("GPU", 0)), cores=cores,
-                   object_store=float(resources.get("object_store_memory", 0)))
+                   object_store=float(resources.get("object_store_memory", 0)),
+                   nodes=sum(1 for node in ray.nodes() if node.get("Alive")))
 
 
 def _check_reachable(address: str) -> None:
     """Fail at once (exit 2) where nothing answers at host:port, instead of Ray's minutes of
     GCS retries on the console."""
-    match = re.fullmatch(r"(?:ray://)?\[?([\w.:-]+?)\]?:(\d+)", address)
+    named = address
+    if address == "auto":
+        address = _auto_address()
+    match = re.fullmatch(r"\[?([\w.:-]+?)\]?:(\d+)", address)
     if not match:
-        return  # auto: Ray finds the cluster this machine belongs to
+        return  # Ray's to interpret
     host, port = match.group(1), int(match.group(2))
     try:
         socket.create_connection((host, port), timeout=10).close()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise ConfigError(f"--master {address}: nothing answers there ({reason}); is the Ray head running?") from None
+        shown = address if named == address else f"{named} ({address})"
+        raise ConfigError(f"--master {shown}: nothing answers there ({reason}); is the Ray head running?") from None
+    _check_token(address)
+
+
+def _auto_address() -> str:
+    """Where `ray.init(address="auto")` would go: RAY_ADDRESS (set inside a Ray job), else
+    the cluster `ray start` last recorded on this machine."""
+    from ray._common.utils import get_ray_address_file
+
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address and address != "auto":
+        return address
+    try:
+        with open(get_ray_address_file(None)) as handle:
+            return handle.read().strip()
+    except OSError:
+        raise ConfigError(
+            "--master auto: no Ray cluster on this machine (RAY_ADDRESS is unset and `ray start` "
+            "recorded none); start one, or name the head with --master HOST:PORT"
+        ) from None
+
+
+def _check_token(address: str) -> None:
+    """One authenticated call to the head's GCS (as `ray status` makes): a cluster with
+    token authentication refuses it at once where the token is missing or wrong, where
+    ray.init would retry for minutes."""
+    from ray._raylet import GcsClient
+
+    try:
+        with _stderr_silenced():  # Ray's C++ client logs the refusal too
+            GcsClient(address=address)
+    except ray.exceptions.AuthenticationError:
+        raise ConfigError(
+            f"--master {address}: the cluster refused this driver's authentication token (missing or wrong); "
+            "put the cluster's token in ~/.ray/auth_token, or name its file with RAY_AUTH_TOKEN_PATH, "
+            "or set RAY_AUTH_TOKEN"
+        ) from None
+    except Exception:  # noqa: BLE001 - anything else is ray.init's to report
+        pass
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """Point file descriptor 2 at /dev/null for a moment (native code writes there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def configure(progress: bool, object_store_memory: int | None) -> None:
@@ -117,7 +177,8 @@ class _StageActor:
         self.actor = uuid.uuid4().hex[:8]
         self.trim = HeapTrimmer()
         # An actor that never gets work still counts in the pool.
-        ledger.record.remote(Call(stage.stage_name, self.actor, self.ready, self.ready, self.ready, 0, None, gpu_ids))
+        ledger.record.remote(Call(stage.stage_name, self.actor, self.ready, self.ready, self.ready, 0, None, gpu_ids,
+                                  node_name()))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.time()
@@ -126,10 +187,22 @@ class _StageActor:
         forward_after = self.context.timings.get("forward_s")
         forward = None if forward_after is None else forward_after - (forward_before or 0.0)
         call = Call(self.stage.stage_name, self.actor, self.ready, started, time.time(), batch.num_rows, forward,
-                    self.context.gpu_ids)
+                    self.context.gpu_ids, node_name())
         self.ledger.record.remote(call)
         self.trim()
         return result
+
+
+@functools.cache
+def node_name() -> str:
+    """The Ray node this process runs on, as the report names it: ip/first 8 of its id."""
+    return f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
+
+
+def _counted(batch, fn, stage: str, ledger):
+    """Run a task stage's ``fn`` on ``batch``, telling the ledger which node did it."""
+    ledger.batch.remote(stage, node_name())
+    return fn(batch)
 
 
 @ray.remote(num_cpus=0)
@@ -140,8 +213,11 @@ class _LedgerActor:
     def record(self, call: Call) -> None:
         self.ledger.record(call)
 
-    def summary(self) -> dict:
-        return self.ledger.summary()
+    def batch(self, stage: str, node: str) -> None:
+        self.ledger.batch(stage, node)
+
+    def summary(self) -> tuple[dict, list[dict]]:
+        return self.ledger.summary(), self.ledger.node_summary()
 
 
 @ray.remote(num_cpus=0)
@@ -204,7 +280,9 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
         )
         if placement.actors is None:
             fn = functools.partial(apply_stage, stage, out_schema=schema, keys=pipeline.keys, watch=watch)
-            dataset = dataset.map_batches(fn, **common)
+            dataset = dataset.map_batches(
+                functools.partial(_counted, fn=fn, stage=stage.stage_name, ledger=ledger), **common
+            )
         else:
             low, high = placement.actors
             initial = stage.pool_initial()
@@ -221,16 +299,20 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
             )
     if pipeline.schema is not None:
         check = functools.partial(validate_batch, pipeline.schema, keys=pipeline.keys)
-        dataset = dataset.map_batches(check, batch_format="pyarrow", batch_size=None, num_cpus=0.5)
+        dataset = dataset.map_batches(
+            functools.partial(_counted, fn=check, stage="schema", ledger=ledger),
+            batch_format="pyarrow", batch_size=None, num_cpus=0.5,
+        )
     return dataset
 
 
 class StagedParquetDatasink(Datasink):
     """Adapts PartWriter to Ray's Datasink: each write task stages its own files."""
 
-    def __init__(self, writer: PartWriter, rows_per_file: int):
+    def __init__(self, writer: PartWriter, rows_per_file: int, ledger):
         self.writer = writer
         self.rows_per_file = rows_per_file
+        self.ledger = ledger
         self.parts: list[StagedPart] = []
 
     @property
@@ -244,6 +326,7 @@ class StagedParquetDatasink(Datasink):
         tables = [block for block in blocks if block.num_rows]
         if not tables:
             return None
+        self.ledger.batch.remote("write", node_name())
         return self.writer.write(pa.concat_tables(tables), ctx.task_idx)
 
     def on_write_complete(self, write_result) -> None:
@@ -252,15 +335,19 @@ class StagedParquetDatasink(Datasink):
 
 def execute(
     pipeline: Pipeline, inputs: pa.Table, placements: list[Placement], writer: PartWriter, broken_after: int
-) -> tuple[list[StagedPart], dict]:
+) -> tuple[list[StagedPart], dict, list[dict]]:
     """Run the pipeline over ``inputs``, staging files.
 
-    Returns what every write task staged, and the utilisation of each actor-pool stage.
-    Raises StageBroken when a stage fails systematically (see headrace.isolate).
+    Returns what every write task staged, the utilisation of each actor-pool stage and
+    what ran on each node. Raises StageBroken when a stage fails systematically (see
+    headrace.isolate).
     """
-    sink = StagedParquetDatasink(writer, pipeline.sink.rows_per_file)
-    ledger = _LedgerActor.remote()
-    watch_actor = _WatchActor.remote(broken_after)
+    # The run's bookkeeping actors live beside the driver: losing a worker node must not
+    # lose them (losing the driver's node is what resume is for).
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    ledger = _LedgerActor.options(scheduling_strategy=here).remote()
+    watch_actor = _WatchActor.options(scheduling_strategy=here).remote(broken_after)
+    sink = StagedParquetDatasink(writer, pipeline.sink.rows_per_file, ledger)
     try:
         try:
             build_dataset(pipeline, inputs, placements, ledger, _RemoteWatch(watch_actor)).write_datasink(sink)
@@ -272,11 +359,11 @@ def execute(
             if isinstance(exc, ray.exceptions.RayTaskError):
                 raise TaskFailed(*_task_error(str(exc))) from exc
             raise
-        utilisation = ray.get(ledger.summary.remote())
+        utilisation, nodes = ray.get(ledger.summary.remote())
     finally:
         ray.kill(ledger)
         ray.kill(watch_actor)
-    return sink.parts, utilisation
+    return sink.parts, utilisation, nodes
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

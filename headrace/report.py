@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from headrace.utilisation import describe
+from headrace.utilisation import describe, describe_nodes
 
 
 def summary(manifest: dict[str, Any], total_s: float) -> str:
@@ -25,6 +25,9 @@ def summary(manifest: dict[str, Any], total_s: float) -> str:
     if manifest.get("utilisation"):
         lines.append("  model stages")
         lines.extend(describe(manifest["utilisation"]))
+    if len(manifest.get("nodes") or ()) > 1:
+        lines.append(f"  ran on {len(manifest['nodes'])} nodes")
+        lines.extend(describe_nodes(manifest["nodes"]))
     return "\n".join(lines)
 
 

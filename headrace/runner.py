@@ -121,9 +121,9 @@ def run(
         log.info("run %s: %d input files -> %s", run_id, todo.num_rows, sink.partition(ds))
         mark = time.perf_counter()
         writer = PartWriter(sink, area.root, resumed.attempt, run_id, pipeline.keys, pipeline.output_schema)
-        parts, utilisation = ([], {})
+        parts, utilisation, nodes = ([], {}, [])
         if todo.num_rows:
-            parts, utilisation = ray_adapter.execute(pipeline, todo, placements, writer, engine.broken_stage_after)
+            parts, utilisation, nodes = ray_adapter.execute(pipeline, todo, placements, writer, engine.broken_stage_after)
         parts = resumed.parts + parts
         timings["process_s"] = time.perf_counter() - mark
 
@@ -139,7 +139,7 @@ def run(
         timings["total_s"] = time.perf_counter() - started
         manifest = build_manifest(
             pipeline=pipeline, engine=engine, run_id=run_id, ds=ds, started_at=started_at, config=_recordable(config),
-            placements=placements, cluster=cluster, utilisation=utilisation, timings=timings, resumed=resumed,
+            placements=placements, cluster=cluster, utilisation=utilisation, nodes=nodes, timings=timings, resumed=resumed,
             processed=todo.num_rows, gate=gate, counts=counts, files=files.files,
             quarantine_files=files.quarantine_files, warnings=warnings,
             status="failed" if refused else "committed",

@@ -4,6 +4,9 @@ Every call of an actor stage is reported (actor, start, end, rows, forward secon
 summed per actor; from these the run report shows, per stage, rows/s, the fraction of actor wall time in
 process() and in forward passes, the time actors waited for input, and the pool size
 over the run. This is how a user sees whether the model or its feed is the bottleneck.
+
+Every task batch and every actor is also counted per Ray node, so a run on a cluster says
+where its work ran.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class Call:
     rows: int
     forward_s: float | None
     gpu_ids: tuple = ()
+    node: str = ""
 
 
 @dataclass
@@ -39,10 +43,27 @@ class ActorTotals:
 
 
 @dataclass
+class NodeWork:
+    """What ran on one Ray node: actors started and batches processed, per stage."""
+
+    actors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    batches: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+@dataclass
 class Ledger:
     actors: dict[tuple[str, str], ActorTotals] = field(default_factory=dict)
+    nodes: dict[str, NodeWork] = field(default_factory=dict)
+
+    def batch(self, stage: str, node: str) -> None:
+        """A task (or a fused task inside an actor) processed one batch of ``stage`` on ``node``."""
+        self.nodes.setdefault(node, NodeWork()).batches[stage] += 1
 
     def record(self, call: Call) -> None:
+        if (call.stage, call.actor) not in self.actors:
+            self.nodes.setdefault(call.node, NodeWork()).actors[call.stage] += 1
+        if call.rows:
+            self.nodes.setdefault(call.node, NodeWork()).batches[call.stage] += 1
         totals = self.actors.setdefault((call.stage, call.actor), ActorTotals(call.ready, call.ended, gpu_ids=call.gpu_ids))
         totals.last = max(totals.last, call.ended)
         totals.busy_s += call.ended - call.started
@@ -55,6 +76,13 @@ class Ledger:
         for (stage, _), totals in self.actors.items():
             by_stage[stage].append(totals)
         return {stage: _stage_summary(actors) for stage, actors in by_stage.items()}
+
+    def node_summary(self) -> list[dict]:
+        """Per node, sorted by node: the actors each stage started there and its batches."""
+        return [
+            {"node": node, "actors": dict(sorted(work.actors.items())), "batches": dict(sorted(work.batches.items()))}
+            for node, work in sorted(self.nodes.items())
+        ]
 
 
 def _stage_summary(actors: list[ActorTotals]) -> dict:
@@ -81,6 +109,15 @@ def _stage_summary(actors: list[ActorTotals]) -> dict:
         "pool_timeline": timeline,
         "gpu_ids": sorted({tuple(a.gpu_ids) for a in actors}),
     }
+
+
+def describe_nodes(nodes: list[dict]) -> list[str]:
+    lines = []
+    for entry in nodes:
+        actors = sum(entry["actors"].values())
+        batches = ", ".join(f"{stage} {count}" for stage, count in entry["batches"].items()) or "none"
+        lines.append(f"  {entry['node']:<24} {actors} actor(s); batches: {batches}")
+    return lines
 
 
 def describe(stages: dict[str, dict]) -> list[str]:

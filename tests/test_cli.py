@@ -13,11 +13,11 @@ from conftest import HEADRACE, ROOT, good_corpus
 
 PIPELINE = os.path.join(ROOT, "pipelines", "doc_embeddings.py")
 # Proves a failure came before Ray: connecting to this address would fail differently.
-NO_RAY = ["--master", "ray://127.0.0.1:1"]
+NO_RAY = ["--master", "127.0.0.1:1"]
 
 
-def headrace_cli(*args, timeout=300):
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+def headrace_cli(*args, timeout=300, env=None):
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
     return subprocess.run([*HEADRACE, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
@@ -123,12 +123,20 @@ def test_object_store_memory_sizes_a_local_ray(tmp_path):
     assert abs(store - 300 * 2**20) < 0.01 * 300 * 2**20
 
 
-def test_a_master_where_nothing_answers_exits_2_at_once_naming_it(small_corpus):
+@pytest.mark.parametrize("form", ["host:port", "ray://", "auto"])
+def test_a_master_that_cannot_work_exits_2_at_once_naming_it(small_corpus, form, tmp_path):
     from conftest import free_port
 
-    address = f"127.0.0.1:{free_port()}"
+    port = free_port()
+    address, message, env = {
+        "host:port": (f"127.0.0.1:{port}", f"--master 127.0.0.1:{port}: nothing answers there", {}),
+        "ray://": (f"ray://127.0.0.1:{port}", "Ray Data does not run over Ray Client", {}),
+        # Ray's current-cluster file names a cluster that is gone.
+        "auto": ("auto", f"--master auto (127.0.0.1:{port}): nothing answers there", {"RAY_ADDRESS": f"127.0.0.1:{port}"}),
+    }[form]
     started = time.monotonic()
-    result = headrace_cli("submit", PIPELINE, "--master", address, "--conf", f"input={small_corpus}", timeout=60)
+    result = headrace_cli("submit", PIPELINE, "--master", address, "--conf", f"input={small_corpus}", timeout=60,
+                          env=env)
     assert result.returncode == 2, result.stderr[-2000:]
     assert time.monotonic() - started < 30
-    assert result.stderr.count("\n") == 1 and f"--master {address}: nothing answers there" in result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr

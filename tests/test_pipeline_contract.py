@@ -135,7 +135,11 @@ def test_gpu_stage_gets_gpus_and_fractions_share_them():
 
 def test_master_parsing():
     assert Master.parse("local[3]") == Master("local", cores=3)
-    assert Master.parse("ray://head:10001") == Master("cluster", address="ray://head:10001")
+    assert Master.parse("head:6379") == Master("cluster", address="head:6379")
+    with pytest.raises(ConfigError, match="Ray Data does not run over Ray Client"):
+        Master.parse("ray://head:10001")
+    with pytest.raises(ConfigError, match="goes with --deploy-mode cluster"):
+        Master.parse("http://head:8265")
     assert Master.parse("auto").kind == "cluster"
     with pytest.raises(ConfigError, match="expected local"):
         Master.parse("yarn")
