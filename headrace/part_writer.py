@@ -6,14 +6,13 @@ changes; Ray ships copies of it to the write tasks.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from headrace.envelope import ERROR, WEIGHT, split_errors
 from headrace.sink import QUARANTINE_SCHEMA, ParquetSink
-from headrace.staging import StagedPart, StagingArea, error_counts
+from headrace.staging import StagedPart, StagingArea, error_counts, unique_ids
 
 
 @dataclass(frozen=True)
@@ -37,16 +36,16 @@ class PartWriter:
             data = healthy.select(self.output_schema.names).cast(self.output_schema)
             part.data_bytes = area.storage.write_parquet(data, area.path("data", part.file), area.compression)
             part.data_rows = data.num_rows
-            part.data_ids = pc.unique(healthy.column(id_column)).to_pylist()
+            part.data_ids = unique_ids(healthy.column(id_column))
         if failed.num_rows:
             quarantine = self.quarantine_rows(failed)
             area.storage.write_parquet(quarantine, area.path("quarantine", part.file), area.compression)
             part.quarantine_rows = quarantine.num_rows
-            part.quarantine_ids = pc.unique(failed.column(id_column)).to_pylist()
+            part.quarantine_ids = unique_ids(failed.column(id_column))
             part.errors = error_counts(quarantine)
         # Last: the progress file is what makes this task's files count.
-        area.storage.write_json(area.path("progress", part.progress), asdict(part))
-        return part
+        area.storage.write_json(area.path("progress", part.progress), part.document())
+        return replace(part, weights={})  # the driver needs no weights: they are for resume
 
     def quarantine_rows(self, failed: pa.Table) -> pa.Table:
         error = failed.column(ERROR).combine_chunks()

@@ -111,7 +111,8 @@ def run(
         )
         if resumed.discarded:
             log.warning("staged files of an earlier run for ds=%s discarded: %s", ds, resumed.discarded)
-        staging.keep_complete(area, resumed, inputs.column(id_column).to_pylist(), id_column)
+        if resumed.parts:
+            staging.keep_complete(area, resumed, inputs.column(id_column).to_pylist(), id_column)
         todo = _without(inputs, id_column, resumed.complete)
         if resumed.complete:
             log.warning(

@@ -20,7 +20,7 @@ attempt starts. A different fingerprint discards the staged files, and says why.
 from __future__ import annotations
 
 import posixpath
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,18 +35,47 @@ RUN = "_RUN"
 SUBFOLDERS = ("data", "quarantine", "progress")
 
 
+def no_ids() -> pa.Array:
+    return pa.array([], pa.string())
+
+
+def unique_ids(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The distinct ids of a column, as one Arrow array."""
+    unique = pc.unique(column)
+    return unique.combine_chunks() if isinstance(unique, pa.ChunkedArray) else unique
+
+
 @dataclass
 class StagedPart:
-    """What one write task staged: its files, row counts and the weight of every input in it."""
+    """What one write task staged: its files, row counts, the ids of the inputs in them
+    and, in its progress file, the weight of every input in it.
+
+    Ids are Arrow arrays, a few bytes each: a run of millions of inputs brings them all to
+    the driver for the conservation check. The weights are only needed to resume, so
+    they stay in the progress file; the part a write task returns has none.
+    """
 
     name: str = ""
     data_rows: int = 0
     data_bytes: int = 0
     quarantine_rows: int = 0
-    data_ids: list[str] = field(default_factory=list)
-    quarantine_ids: list[str] = field(default_factory=list)
+    data_ids: pa.Array = field(default_factory=no_ids)
+    quarantine_ids: pa.Array = field(default_factory=no_ids)
     weights: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)  # "stage: ErrorType" -> quarantined rows
+
+    def document(self) -> dict:
+        """The progress file's content."""
+        return {
+            "name": self.name, "data_rows": self.data_rows, "data_bytes": self.data_bytes,
+            "quarantine_rows": self.quarantine_rows, "data_ids": self.data_ids.to_pylist(),
+            "quarantine_ids": self.quarantine_ids.to_pylist(), "weights": self.weights, "errors": self.errors,
+        }
+
+    @classmethod
+    def from_document(cls, document: dict) -> "StagedPart":
+        ids = {key: pa.array(document.get(key, []), pa.string()) for key in ("data_ids", "quarantine_ids")}
+        return cls(**{**document, **ids})
 
     @property
     def file(self) -> str:
@@ -126,7 +155,7 @@ def _staged_parts(area: StagingArea) -> list[StagedPart]:
     parts = []
     for name in storage.listdir(area.path("progress")):
         if name.endswith(".json") and not name.startswith("."):
-            parts.append(StagedPart(**storage.read_json(area.path("progress", name))))
+            parts.append(StagedPart.from_document(storage.read_json(area.path("progress", name))))
     known = {"data": {p.file for p in parts}, "progress": {p.progress for p in parts}}
     known["quarantine"] = known["data"]
     for sub, names in known.items():
@@ -185,7 +214,7 @@ def strip_part(area: StagingArea, part: StagedPart, complete: set[str], name: st
         if not table.num_rows:
             continue
         size = storage.write_parquet(table, area.path(sub, replacement.file), area.compression)
-        ids = pc.unique(table.column(column)).to_pylist()
+        ids = unique_ids(table.column(column))
         if sub == "data":
             replacement.data_rows, replacement.data_bytes, replacement.data_ids = table.num_rows, size, ids
         else:
@@ -194,7 +223,7 @@ def strip_part(area: StagingArea, part: StagedPart, complete: set[str], name: st
     replacement.weights = {k: part.weights[k] for k in keep}
     storage.remove(area.path("progress", part.progress))
     if keep:
-        storage.write_json(area.path("progress", replacement.progress), asdict(replacement))
+        storage.write_json(area.path("progress", replacement.progress), replacement.document())
     for sub in ("data", "quarantine"):
         storage.remove(area.path(sub, part.file), missing_ok=True)
     return replacement if keep else None
