@@ -118,13 +118,51 @@ def submit(pipeline, master, deploy_mode, no_wait, conf_pairs, properties_file, 
                            pipeline_args)
     if no_wait:
         raise ConfigError("--no-wait goes with --deploy-mode cluster (a client-mode run is this process)")
-    factory, run_conf, built = _resolve(pipeline, conf_pairs, properties_file, flags, ds, pipeline_args)
-    if dry_run:
-        inputs = built.source.list()
-        click.echo(built.explain())
-        click.echo(f"dry run: ds={run_conf.ds}, {inputs.num_rows:,} input files; nothing was executed")
-        return
-    _run_one(built, run_conf, report, _code_files(factory))
+    known = {"pipeline": pipeline, "ds": ds}
+    try:
+        factory, run_conf, built = _resolve(pipeline, conf_pairs, properties_file, flags, ds, pipeline_args)
+        known.update(pipeline=built.name, ds=run_conf.ds, config=_recordable(run_conf))
+        if dry_run or verbose:
+            click.echo("settings (value, origin):", err=not dry_run)
+            click.echo("\n".join(conf_mod.describe_settings(run_conf, ds is not None)), err=not dry_run)
+        if dry_run:
+            _dry_run(built, run_conf, report, known)
+            return
+        _run_one(built, run_conf, report, _code_files(factory))
+    except BaseException as exc:
+        if report:
+            from headrace.report import failure_report, write_report
+
+            write_report(report, failure_report(exc, known))
+        raise
+
+
+def _dry_run(built, run_conf, report, known):
+    """Everything a run checks before work starts: settings, the master, the input."""
+    from headrace.placement import Master, use_ray_token_if_available
+
+    master = Master.parse(run_conf.engine.master)
+    if master.kind == "cluster":
+        use_ray_token_if_available()
+        from headrace import ray_adapter
+
+        ray_adapter.check_master(master.address)
+    from headrace.runner import list_inputs
+
+    inputs, _ = list_inputs(built, run_conf.engine)
+    click.echo(built.explain())
+    click.echo(f"dry run: ds={run_conf.ds}, master {run_conf.engine.master} answers, "
+               f"{inputs.num_rows:,} input files; nothing was executed")
+    if report:
+        from headrace.report import write_report
+
+        write_report(report, {**known, "status": "dry_run", "exit_code": 0, "inputs": inputs.num_rows})
+
+
+def _recordable(run_conf) -> dict:
+    from headrace.runner import _recordable as recordable
+
+    return recordable(run_conf.as_dict())
 
 
 def _submit_job(pipeline, master, no_wait, conf_pairs, properties_file, ds, flags, dry_run, report, pipeline_args):
@@ -180,12 +218,24 @@ def explain(pipeline, conf_pairs, properties_file):
 @click.argument("pipeline")
 @click.option("--start", required=True, help="First logical date, YYYY-MM-DD.")
 @click.option("--end", required=True, help="Last logical date (inclusive).")
-@click.option("--master", "--address", default=None)
+@click.option("--master", "--address", default=None, help="As for submit; one Ray serves every date.")
 @_with(_conf_options)
+@click.option("--name", help="Job name shown in the summaries and manifests.")
+@click.option("--num-cpus", type=int, help="Logical CPUs for a local Ray.")
+@click.option("--num-gpus", type=int, help="GPUs for a local Ray.")
+@click.option("--require-gpu", is_flag=True, default=None, help="Fail (exit 2) instead of falling back to CPU.")
+@click.option("--resume/--no-resume", default=None, help="As for submit (default: on).")
+@click.option("--skip-committed", is_flag=True,
+              help="Skip dates already committed by a run of the same configuration (same fingerprint).")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first date that does not commit.")
+@click.option("--dry-run", is_flag=True, help="Check the settings and list every date's input; run nothing.")
 @click.option("--verbose", "-v", is_flag=True)
+@click.option("--report", type=click.Path(), help="Write the per-date results as JSON here.")
 @_exits
-def backfill(pipeline, start, end, master, conf_pairs, properties_file, verbose):
-    """Run PIPELINE once per logical date from --start to --end, oldest first."""
+def backfill(pipeline, start, end, master, conf_pairs, properties_file, name, num_cpus, num_gpus, require_gpu,
+             resume, skip_committed, fail_fast, dry_run, verbose, report):
+    """Run PIPELINE once per logical date from --start to --end, oldest first, and go on
+    past a date that fails (unless --fail-fast). Exit 0 only when every date committed."""
     _logging(verbose)
     first, last = conf_mod.parse_ds(start), conf_mod.parse_ds(end)
     days = []
@@ -194,12 +244,99 @@ def backfill(pipeline, start, end, master, conf_pairs, properties_file, verbose)
         days.append(day.isoformat())
         day += dt.timedelta(days=1)
     if not days:
-
         raise ConfigError(f"--start {first} is after --end {last}")
-    # Check every date's configuration before the first one runs.
-    planned = [_resolve(pipeline, conf_pairs, properties_file, {"master": master}, d) for d in days]
+    flags = dict(master=master, name=name, num_cpus=num_cpus, num_gpus=num_gpus, require_gpu=require_gpu,
+                 resume=resume, verbose=verbose or None)
+    # Every date's configuration is checked before the first one runs.
+    planned = [_resolve(pipeline, conf_pairs, properties_file, flags, d) for d in days]
+    results = []
     for factory, run_conf, built in planned:
-        _run_one(built, run_conf, None, _code_files(factory))
+        results.append(_backfill_one(factory, run_conf, built, skip_committed, dry_run))
+        if fail_fast and results[-1]["exit"] not in (0, None):
+            break
+    click.echo(_backfill_table(results, len(days)))
+    code = _backfill_exit(results, len(days))
+    if report:
+        from headrace.report import write_report
+
+        write_report(report, {"pipeline": planned[0][2].name, "start": first, "end": last, "exit_code": code,
+                              "dry_run": dry_run, "dates": results})
+    sys.exit(code)
+
+
+def _backfill_one(factory, run_conf, built, skip_committed, dry_run) -> dict:
+    """One date of a backfill: its outcome as a row of the final table."""
+    from headrace.report import summary
+    from headrace.runner import committed_as_configured, list_inputs, run
+
+    row = {"ds": run_conf.ds, "exit": None, "status": "", "rows": None, "quarantined": None, "seconds": 0.0,
+           "reason": None}
+    started = time.perf_counter()
+    try:
+        if skip_committed and committed_as_configured(built, run_conf.ds, run_conf.as_dict(), _code_files(factory)):
+            row.update(status="skipped (committed, same configuration)", exit=0)
+        elif dry_run:
+            inputs, _ = list_inputs(built, run_conf.engine)
+            row.update(status=f"would run: {inputs.num_rows:,} input files", exit=0)
+        else:
+            manifest = run(built, run_conf.ds, run_conf.engine, run_conf.as_dict(), _code_files(factory)).manifest
+            click.echo(summary(manifest, time.perf_counter() - started))
+            row.update(status="committed", exit=0, rows=manifest["counts"]["output"],
+                       quarantined=manifest["counts"]["quarantined"], run_id=manifest["run_id"])
+    except HeadraceError as exc:
+        click.echo(f"headrace: ds={run_conf.ds}: error: {exc}", err=True)
+        counts = (getattr(exc, "manifest", None) or {}).get("counts") or {}
+        row.update(exit=exc.exit_code, status={2: "invalid", 3: "refused"}.get(exc.exit_code, "failed"),
+                   reason=str(exc).splitlines()[0], rows=counts.get("output"), quarantined=counts.get("quarantined"))
+    except Exception as exc:  # noqa: BLE001 - one date's crash is that date's failure
+        lines = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+        click.echo(f"headrace: ds={run_conf.ds}: failed: {reason}", err=True)
+        row.update(exit=1, status="failed", reason=reason)
+    row["seconds"] = round(time.perf_counter() - started, 1)
+    return row
+
+
+def _backfill_table(results: list[dict], planned: int) -> str:
+    def show(value):
+        return "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+
+    lines = [f"headrace: backfill of {planned} date(s)",
+             f"  {'ds':<10}  {'exit':>4}  {'rows':>10}  {'quarantined':>11}  {'time s':>7}  status"]
+    for r in results:
+        lines.append(f"  {r['ds']:<10}  {show(r['exit']):>4}  {show(r['rows']):>10}  {show(r['quarantined']):>11}  "
+                     f"{r['seconds']:>7.1f}  {r['status']}" + (f": {r['reason']}" if r["reason"] else ""))
+    if len(results) < planned:
+        lines.append(f"  (stopped after {len(results)} of {planned} dates: --fail-fast)")
+    return "\n".join(lines)
+
+
+def _backfill_exit(results: list[dict], planned: int) -> int:
+    """0 when every date committed (or was skipped as committed); else 1, or 3 where every
+    date that did not commit was refused by the quality gate, or 2 where each was invalid."""
+    failed = {r["exit"] for r in results if r["exit"] != 0}
+    if not failed and len(results) == planned:
+        return EXIT_OK
+    if failed == {EXIT_QUALITY}:
+        return EXIT_QUALITY
+    if failed == {EXIT_USAGE}:
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+@main.command()
+@click.argument("output")
+@click.option("--ds", required=True, help="The logical date, YYYY-MM-DD.")
+@_exits
+def status(output, ds):
+    """Exit 0 when OUTPUT's partition for --ds is committed (and print its summary), 1 when
+    not: a sensor for downstream jobs. Buckets take credentials and endpoints as any run."""
+    from headrace.committed import partition_status
+
+    day = conf_mod.parse_ds(ds)
+    committed, line = partition_status(output, day)
+    click.echo(line)
+    sys.exit(EXIT_OK if committed else EXIT_FAILED)
 
 
 @main.group()

@@ -128,8 +128,11 @@ def layout(area: StagingArea, parts: list[StagedPart], schema: pa.Schema, run_id
 
 def refuse(area: StagingArea, manifest: dict, reason: str) -> None:
     """Publish nothing, keep the staged files, say why in _FAILED."""
-    area.storage.write_json(area.path(FAILED), {**manifest, "status": "failed", "reason": reason, "staged": area.root})
-    raise QualityGateError(f"{reason}; nothing published; staged files, quarantine and _FAILED kept in {area.root}")
+    failed = {**manifest, "status": "failed", "reason": reason, "staged": area.root}
+    area.storage.write_json(area.path(FAILED), failed)
+    error = QualityGateError(f"{reason}; nothing published; staged files, quarantine and _FAILED kept in {area.root}")
+    error.manifest = failed  # the run report of a refused run is this document
+    raise error
 
 
 def publish(area: StagingArea, manifest: dict, run: dict, partition: str, quarantine: str, files: Layout) -> None:

@@ -42,6 +42,27 @@ def dataset(output: str, ds: str | None = None, storage_options: dict | None = N
                         partitioning=partitioning, partition_base_dir=root)
 
 
+def partition_status(output: str, ds: str, storage_options: dict | None = None) -> tuple[bool, str]:
+    """(whether ``ds`` is committed, one line saying so): what a sensor needs."""
+    fs, root = fsspec.core.url_to_fs(output, **(storage_options or {}))
+    root = root.rstrip("/")
+    fs.invalidate_cache()
+    manifest = posixpath.join(root, f"ds={ds}", MANIFEST)
+    if fs.exists(manifest):
+        m = json.loads(fs.cat_file(manifest))
+        counts = m.get("counts", {})
+        return True, (
+            f"{output} ds={ds} committed by run {m.get('run_id')} of {m.get('pipeline')} "
+            f"(started {m.get('started_at')}): {counts.get('output', 0):,} rows, "
+            f"{counts.get('quarantined', 0):,} quarantined, from {counts.get('input', 0):,} inputs"
+        )
+    failed = posixpath.join(root, "_staging", f"ds={ds}", "_FAILED")
+    if fs.exists(failed):
+        reason = json.loads(fs.cat_file(failed)).get("reason", "")
+        return False, f"{output} ds={ds} is not committed: its last run was refused: {reason}"
+    return False, f"{output} ds={ds} is not committed"
+
+
 def read(output: str, ds: str | None = None, columns: Sequence[str] | None = None,
          storage_options: dict | None = None) -> pa.Table:
     """The committed rows of one date or of every date, with a ``ds`` column."""

@@ -37,6 +37,7 @@ class EngineConf:
     progress: bool = True
     verbose: bool = False
     resume: bool = True  # keep what a killed run of the same ds and configuration staged
+    allow_empty_input: bool = False  # an input that matches no file commits an empty partition
     object_store_memory: str | None = None  # e.g. 2GiB: a local Ray's object store, and Ray Data's budget
     storage_options: str | None = None  # JSON: {"s3": {"endpoint_url": ...}}, fsspec options per protocol; never recorded
 
@@ -53,6 +54,20 @@ class RunConf:
         return {**self.settings, **engine}
 
 
+def describe_settings(run_conf: "RunConf", ds_given: bool = True) -> list[str]:
+    """Every resolved setting, its value and where it came from, as spark-submit --verbose
+    prints them; storage options are shown without their values."""
+    values = run_conf.as_dict()
+    storage = f"{ENGINE_PREFIX}storage_options"
+    if values.get(storage) is not None:
+        values[storage] = redacted(values[storage])
+    width = max(len(key) for key in values)
+    lines = [f"  {'ds':<{width}}  {run_conf.ds!r:<30}  ({'--ds' if ds_given else 'default: yesterday, UTC'})"]
+    for key, value in values.items():
+        lines.append(f"  {key:<{width}}  {value!r:<30}  ({run_conf.sources.get(key, 'default')})")
+    return lines
+
+
 def default_ds(today: dt.date | None = None) -> str:
     today = today or dt.datetime.now(dt.timezone.utc).date()
     return (today - dt.timedelta(days=1)).isoformat()
@@ -61,7 +76,10 @@ def default_ds(today: dt.date | None = None) -> str:
 def parse_ds(value: str | None) -> str:
     if value is None:
         return default_ds()
+    # fromisoformat alone would also take 20261101 and 2026-W44-7.
     try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError
         return dt.date.fromisoformat(value).isoformat()
     except ValueError:
         raise ConfigError(f"--ds {value!r}: expected a date as YYYY-MM-DD") from None
@@ -161,7 +179,7 @@ def resolve(
 
     if properties_file:
         apply(_read_properties(properties_file), f"properties file {properties_file}")
-    apply(_from_env(known, environ), "environment")
+    apply(_from_env(known, environ, factory.name), "environment")
     apply(conf or {}, "--conf")
     apply({k: v for k, v in (flags or {}).items() if v is not None}, "flag")
 
@@ -198,8 +216,19 @@ def _env_name(key: str) -> str:
     return "HEADRACE_CONF_" + re.sub(r"\W", "_", key).upper()
 
 
-def _from_env(known: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
-    return {key: environ[_env_name(key)] for key in known if _env_name(key) in environ}
+def _from_env(known: Mapping[str, Any], environ: Mapping[str, str], pipeline: str) -> dict[str, str]:
+    """The settings given as HEADRACE_* variables; a HEADRACE_* variable that names no
+    setting is a typo, refused like an unknown --conf key."""
+    names = {_env_name(key): key for key in known}
+    for variable in sorted(environ):
+        if variable.startswith("HEADRACE_") and variable not in names:
+            settings = sorted(n for n in names if n.startswith("HEADRACE_CONF_"))
+            raise ConfigError(
+                f"unknown environment variable {variable}: pipeline {pipeline} takes "
+                f"{', '.join(settings) or 'no settings'}; engine settings are HEADRACE_<KEY> "
+                f"({', '.join(sorted(n for n in names if n not in settings)[:4])}, ...)"
+            )
+    return {key: environ[variable] for variable, key in names.items() if variable in environ}
 
 
 def _read_properties(path: str) -> dict[str, Any]:

@@ -20,6 +20,10 @@ class ConfigError(HeadraceError):
     exit_code = 2
 
 
+class NoInputs(ConfigError):
+    """The input exists but holds no matching file (a quiet day); exit 2 unless empty input is allowed."""
+
+
 class PipelineError(ConfigError):
     """A pipeline that cannot run as declared (missing column, bad resources)."""
 

@@ -7,6 +7,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -61,7 +62,11 @@ def load(spec: str) -> PipelineFactory:
         try:
             module = importlib.import_module(module_ref)
         except ModuleNotFoundError as exc:
-            raise ConfigError(f"pipeline {spec!r}: no module named {exc.name!r}") from exc
+            if exc.name and module_ref.startswith(exc.name):
+                raise ConfigError(f"pipeline {spec!r}: no module named {exc.name!r}") from exc
+            raise ConfigError(_load_error(spec, exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - a module that fails to import is bad configuration
+            raise ConfigError(_load_error(spec, exc)) from exc
     target = getattr(module, attr, None)
     if target is None:
         raise ConfigError(f"pipeline {spec!r}: {module_ref} defines no {attr!r}")
@@ -72,16 +77,44 @@ def load(spec: str) -> PipelineFactory:
 
 
 def _load_file(path: str):
+    """Execute a pipeline file. Its folder is importable while it loads (and after), and
+    every module it imports from that folder is shipped to the workers by value along with
+    it, so a helper module next to the pipeline works on any node without PYTHONPATH."""
     if not os.path.isfile(path):
         raise ConfigError(f"pipeline file {path!r} not found")
+    folder = os.path.dirname(os.path.abspath(path))
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    before = set(sys.modules)
     stem = os.path.splitext(os.path.basename(path))[0]
     module_name = f"headrace_pipeline_{stem}"
     spec = importlib.util.spec_from_file_location(module_name, os.path.abspath(path))
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - a file that fails to load is bad configuration
+        del sys.modules[module_name]
+        raise ConfigError(_load_error(path, exc)) from exc
     FILE_MODULES.append(module)
+    for name in sorted(set(sys.modules) - before):
+        neighbour = sys.modules[name]
+        source = getattr(neighbour, "__file__", None) or ""
+        if neighbour is not module and os.path.abspath(source).startswith(folder + os.sep) \
+                and "site-packages" not in source:
+            FILE_MODULES.append(neighbour)
     return module
+
+
+def _load_error(spec: str, exc: Exception) -> str:
+    """One line: where loading the pipeline failed (file and line) and why."""
+    if isinstance(exc, SyntaxError):
+        where = f"{exc.filename}, line {exc.lineno}"
+        return f"pipeline {spec!r} does not load: {where}: SyntaxError: {exc.msg}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames if "importlib" not in f.filename] or frames
+    where = f"{own[-1].filename}, line {own[-1].lineno}" if own else spec
+    return f"pipeline {spec!r} does not load: {where}: {type(exc).__name__}: {exc}"
 
 
 def _is_windows_drive(spec: str) -> bool:

@@ -36,6 +36,7 @@ def build_manifest(
     return {
         "status": status,
         "pipeline": pipeline.name,
+        "fingerprint": resumed.run.get("fingerprint"),
         "name": engine.name or pipeline.name,
         "run_id": run_id,
         "ds": ds,

@@ -53,6 +53,9 @@ def connect(
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not ray.is_initialized():
         if master.kind == "local":
+            # A Ray of its own on this machine takes a token by default and says so on
+            # every run; that is not news to the user.
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             ray.init(
                 address="local",  # always a new embedded Ray, even where a `ray start` cluster runs
                 num_cpus=num_cpus or master.cores * LOCAL_CPU_SLOTS_PER_CORE,
@@ -75,6 +78,11 @@ def connect(
     return Cluster(cpus=cpus, gpus=float(resources.get("GPU", 0)), cores=cores,
                    object_store=float(resources.get("object_store_memory", 0)),
                    nodes=sum(1 for node in ray.nodes() if node.get("Alive")))
+
+
+def check_master(address: str) -> None:
+    """What connecting would find wrong, without joining the cluster (for --dry-run)."""
+    _check_reachable(address)
 
 
 def _check_reachable(address: str) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
+
+from headrace.errors import HeadraceError
 
 from headrace.utilisation import describe, describe_nodes
 
@@ -29,6 +32,30 @@ def summary(manifest: dict[str, Any], total_s: float) -> str:
         lines.append(f"  ran on {len(manifest['nodes'])} nodes")
         lines.extend(describe_nodes(manifest["nodes"]))
     return "\n".join(lines)
+
+
+def failure_report(exc: BaseException, known: dict[str, Any]) -> dict[str, Any]:
+    """The report of a run that did not commit: its exit code and why, and, where the
+    quality gate refused it, the whole manifest of the refused run (its ``_FAILED``)."""
+    code = getattr(exc, "exit_code", None)
+    if isinstance(exc, SystemExit):
+        code = exc.code if isinstance(exc.code, int) else 1
+    elif isinstance(exc, KeyboardInterrupt):
+        code = 130
+    elif code is None:
+        code = 1
+    lines = str(exc).strip().splitlines()
+    reason = lines[-1] if lines and not isinstance(exc, HeadraceError) else (str(exc) or type(exc).__name__)
+    document = dict(getattr(exc, "manifest", None) or {})
+    document.update(known)
+    document.update(
+        status="refused" if code == 3 else "invalid" if code == 2 else "interrupted" if code == 130 else "failed",
+        exit_code=code,
+        reason=reason if isinstance(exc, HeadraceError) else f"{type(exc).__name__}: {reason}",
+        detail=getattr(exc, "detail", "") or None,
+        ended_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    return document
 
 
 def write_report(path: str, manifest: dict[str, Any]) -> None:

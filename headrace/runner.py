@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from headrace import commit, staging
 from headrace.config import ENGINE_PREFIX, EngineConf, default_ds, parse_bytes, parse_storage_options, redacted
+from headrace.errors import NoInputs
 from headrace.fingerprint import fingerprint
 from headrace.lock import RunLock
 from headrace.manifest import build_manifest
@@ -81,7 +82,8 @@ def run(
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
     worker_env = _storage_environment(engine.storage_options)
-    inputs = pipeline.source.list()
+    inputs, warning = list_inputs(pipeline, engine)
+    warnings = [warning] if warning else []
     timings["list_s"] = time.perf_counter() - started
 
     run_id = new_run_id()
@@ -93,9 +95,9 @@ def run(
 
     cluster = ray_adapter.connect(master, engine.num_cpus, engine.num_gpus, store, worker_env)
     placements = place(pipeline, cluster, engine.require_gpu)
-    warnings = [p.note for p in placements if p.note]
-    for note in warnings:
+    for note in [p.note for p in placements if p.note]:
         log.warning(note)
+        warnings.append(note)
     ray_adapter.configure(engine.progress, store)
     timings["start_s"] = time.perf_counter() - started - timings["list_s"]
 
@@ -103,7 +105,7 @@ def run(
     # One run per date and output at a time; a killed run's lock is taken over at once.
     storage = sink.storage()
     with RunLock(storage, sink.staging(ds) + ".lock", run_id):
-        settings = {k: v for k, v in (config or {}).items() if not k.startswith(ENGINE_PREFIX)}
+        settings = _settings(config)
         area = staging.StagingArea(storage, sink.staging(ds), sink.compression)
         resumed = staging.prepare(
             area, fingerprint(pipeline, settings, code_files), run_id, engine.resume,
@@ -149,6 +151,37 @@ def run(
             commit.refuse(area, manifest, refused)
         sink.publish(area, manifest, resumed.run, ds, files, pipeline.output_schema)
         return RunResult(manifest=manifest)
+
+
+def _settings(config: dict[str, Any] | None) -> dict[str, Any]:
+    """The pipeline's own settings (engine settings never change what a run writes)."""
+    return {k: v for k, v in (config or {}).items() if not k.startswith(ENGINE_PREFIX)}
+
+
+def committed_as_configured(
+    pipeline: Pipeline, ds: str, config: dict[str, Any] | None = None, code_files: Iterable[str] = ()
+) -> bool:
+    """Whether ``ds`` is committed by a run of this very configuration (same fingerprint)."""
+    storage = pipeline.sink.storage()
+    path = f"{pipeline.sink.partition(ds)}/{staging.MANIFEST}"
+    if not storage.exists(path):
+        return False
+    committed = storage.read_json(path).get("fingerprint")
+    return committed == fingerprint(pipeline, _settings(config), code_files)["hash"]
+
+
+def list_inputs(pipeline: Pipeline, engine: EngineConf) -> tuple[pa.Table, str | None]:
+    """The input records, and a warning where there are none and that is allowed."""
+    try:
+        return pipeline.source.list(), None
+    except NoInputs as exc:
+        if not engine.allow_empty_input:
+            raise NoInputs(
+                f"{exc} (a quiet day? --conf {ENGINE_PREFIX}allow_empty_input=true commits an empty partition)"
+            ) from None
+        warning = f"{exc}: an empty partition is committed ({ENGINE_PREFIX}allow_empty_input)"
+        log.warning(warning)
+        return pipeline.source.schema.empty_table(), warning
 
 
 def _storage_environment(options: str | None) -> dict[str, str]:

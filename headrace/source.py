@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import fsspec
 import pyarrow as pa
 
-from headrace.errors import ConfigError
+from headrace.errors import ConfigError, NoInputs
 from headrace.retry import retrying
 from headrace.storage import absolute_url, is_local
 
@@ -59,7 +59,7 @@ class Files:
         if not matched:
             wanted = "/".join(self.extensions) + " " if self.extensions else ""
             ignored = f" ({len(candidates)} other files ignored)" if candidates else ""
-            raise ConfigError(f"input {self.given!r} matched no {wanted}files{ignored}")
+            raise NoInputs(f"input {self.given!r} matched no {wanted}files{ignored}")
         uris = [fs.unstrip_protocol(p) for p in matched]
         return pa.table(
             {self.id_column: [stable_id(u) for u in uris], "source": uris}, schema=self.schema

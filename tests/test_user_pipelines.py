@@ -79,7 +79,7 @@ def test_a_pipeline_file_with_its_own_stage_backfills_several_dates(tmp_path):
         capture_output=True, text=True, cwd=ROOT, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("committed") == 2
+    assert result.stdout.count(" committed (run ") == 2
     for day, expected in (("2026-03-01", 3), ("2026-03-02", 2)):
         data = pq.read_table(str(tmp_path / "out" / f"ds={day}"))
         assert data.column("words").to_pylist() == [expected]

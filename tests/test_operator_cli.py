@@ -1,0 +1,247 @@
+"""The operator's side of `headrace submit`: strict dates and keys, pipelines that fail to
+load, helper modules next to a pipeline, --dry-run with every setting's origin, a report
+on every outcome, and an empty input committed on request. Each through the CLI."""
+
+import json
+import os
+import subprocess
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import HEADRACE, ROOT, free_port, write
+
+WORD_COUNT = os.path.join(ROOT, "tests", "fixtures", "word_count.py")
+
+
+def cli(*args, env=None, cwd=ROOT, timeout=300):
+    environment = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+    return subprocess.run([*HEADRACE, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env=environment)
+
+
+@pytest.fixture
+def docs(tmp_path):
+    for index in range(4):
+        write(str(tmp_path / "docs"), f"doc-{index}.txt", ("word " * (index + 1)).encode())
+    return tmp_path / "docs"
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--ds", "20261101"], {}, "--ds '20261101': expected a date as YYYY-MM-DD"),
+        (["--ds", "2026-11-31"], {}, "--ds '2026-11-31': expected a date as YYYY-MM-DD"),
+        ([], {"HEADRACE_CONF_OUTPTU": "x"}, "unknown environment variable HEADRACE_CONF_OUTPTU: pipeline word_count "
+                                            "takes HEADRACE_CONF_INPUT, HEADRACE_CONF_OUTPUT"),
+        ([], {"HEADRACE_MASTRE": "local"}, "unknown environment variable HEADRACE_MASTRE"),
+    ],
+)
+def test_dates_and_environment_keys_are_strict(docs, args, env, message):
+    result = cli("submit", WORD_COUNT, "--dry-run", "--conf", f"input={docs}", *args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "source, where, error",
+    [
+        ("import pyarrow\n\ndef pipeline(:\n    pass\n", "line 3", "SyntaxError: invalid syntax"),
+        ("import json\nimport no_such_module_here\n", "line 2", "ModuleNotFoundError: No module named 'no_such_module_here'"),
+        ("X = 1 / 0\n", "line 1", "ZeroDivisionError"),
+    ],
+)
+def test_a_pipeline_that_fails_to_load_exits_2_with_file_and_line(tmp_path, source, where, error):
+    path = tmp_path / "job.py"
+    path.write_text(source)
+    for extra in ([], ["--dry-run"]):
+        result = cli("submit", str(path), *extra)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert f"{path}, {where}: {error}" in result.stderr, result.stderr
+        assert "nothing was published" not in result.stderr
+
+
+def test_a_module_next_to_the_pipeline_file_is_importable_on_the_driver_and_the_workers(tmp_path, docs):
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "shouting.py").write_text(
+        "import pyarrow as pa\n"
+        "import pyarrow.compute as pc\n"
+        "from headrace import Stage\n\n\n"
+        "class Shout(Stage):\n"
+        "    needs = ('text',)\n"
+        "    adds = {'loud': pa.string()}\n\n"
+        "    def process(self, batch):\n"
+        "        return batch.append_column('loud', pc.utf8_upper(batch.column('text')))\n"
+    )
+    (job / "loud.py").write_text(
+        "from headrace import Files, Pipeline, output_sink\n"
+        "from stages.files import ReadFiles\n"
+        "from stages.text import DecodeText\n"
+        "from shouting import Shout\n\n\n"
+        "def pipeline(input: str, output: str) -> Pipeline:\n"
+        "    return Pipeline(name='loud', source=Files(input, extensions=('.txt',)),\n"
+        "                    stages=[ReadFiles(), DecodeText(), Shout()], sink=output_sink(output, 'parquet'),\n"
+        "                    columns=['doc_id', 'loud'])\n"
+    )
+    # Run from elsewhere, with no PYTHONPATH naming the job's folder.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [*HEADRACE, "submit", str(job / "loud.py"), "--master", "local[1]", "--ds", "2026-11-01",
+         "--conf", f"input={docs}", "--conf", f"output={tmp_path / 'out'}", "--conf", "headrace.progress=false"],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path), env={**env, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loud = sorted(pq.read_table(str(tmp_path / "out" / "ds=2026-11-01")).column("loud").to_pylist())
+    assert loud == ["WORD " * n for n in range(1, 5)]
+
+
+def test_dry_run_prints_every_setting_with_its_origin_and_checks_the_master(tmp_path, docs):
+    properties = tmp_path / "job.yaml"
+    properties.write_text("output_format: parquet\nheadrace:\n  broken_stage_after: 7\n")
+    result = cli("submit", WORD_COUNT, "--dry-run", "--properties-file", str(properties), "--conf", f"input={docs}",
+                 "--num-cpus", "3", "--ds", "2026-11-02", env={"HEADRACE_CONF_OUTPUT": str(tmp_path / "out")})
+    assert result.returncode == 0, result.stderr
+    block = result.stdout.split("settings (value, origin):\n", 1)[1].split("\npipeline ", 1)[0]
+    lines = {line.split()[0]: line for line in block.splitlines()}
+    assert lines["ds"].endswith("(--ds)")
+    assert lines["input"].endswith("(--conf)")
+    assert lines["output"].endswith("(environment)")
+    assert lines["output_format"].endswith(f"(properties file {properties})")
+    assert "7" in lines["headrace.broken_stage_after"] and lines["headrace.broken_stage_after"].endswith(
+        f"(properties file {properties})")
+    assert lines["headrace.num_cpus"].endswith("(flag)") and lines["headrace.resume"].endswith("(default)")
+    assert "dry run: ds=2026-11-02" in result.stdout and "4 input files" in result.stdout
+    nobody = f"127.0.0.1:{free_port()}"
+    checked = cli("submit", WORD_COUNT, "--dry-run", "--conf", f"input={docs}", "--master", nobody)
+    assert checked.returncode == 2 and f"--master {nobody}: nothing answers there" in checked.stderr
+
+
+def test_the_report_is_written_on_every_outcome(tmp_path, docs):
+    report = tmp_path / "report.json"
+    bad = cli("submit", WORD_COUNT, "--conf", "inptu=x", "--report", str(report))
+    assert bad.returncode == 2
+    document = json.loads(report.read_text())
+    assert (document["status"], document["exit_code"]) == ("invalid", 2)
+    assert "unknown conf key 'inptu'" in document["reason"]
+
+    dry = cli("submit", WORD_COUNT, "--dry-run", "--conf", f"input={docs}", "--report", str(report))
+    assert dry.returncode == 0
+    assert json.loads(report.read_text())["status"] == "dry_run"
+
+    for index in range(3):
+        write(str(docs), f"doc-{index}.txt", b"explode")  # WordCount raises: 3 of 4 quarantined
+    refused = cli("submit", WORD_COUNT, "--master", "local[1]", "--ds", "2026-11-03", "--conf", f"input={docs}",
+                  "--conf", f"output={tmp_path / 'out'}", "--conf", "headrace.progress=false", "--report", str(report))
+    assert refused.returncode == 3, refused.stderr[-2000:]
+    document = json.loads(report.read_text())
+    assert (document["status"], document["exit_code"]) == ("refused", 3)
+    assert document["reason"].startswith("quality gate: 3 of 4 inputs")
+    assert document["counts"]["input_quarantined_only"] == 3 and document["run_id"]  # the refused run's manifest
+
+    busy = tmp_path / "out" / "_staging" / "ds=2026-11-04.lock"
+    busy.parent.mkdir(parents=True, exist_ok=True)
+    busy.write_text(json.dumps({"run_id": "another", "beat": 4102444800.0}))  # held by a live run
+    locked = cli("submit", WORD_COUNT, "--master", "local[1]", "--ds", "2026-11-04", "--conf", f"input={docs}",
+                 "--conf", f"output={tmp_path / 'out'}", "--conf", "headrace.progress=false", "--report", str(report))
+    assert locked.returncode == 1, locked.stderr[-2000:]
+    document = json.loads(report.read_text())
+    assert (document["status"], document["exit_code"], document["ds"]) == ("failed", 1, "2026-11-04")
+    assert document["reason"]
+
+
+def test_an_empty_input_commits_an_empty_partition_when_allowed(tmp_path):
+    empty = tmp_path / "quiet-day"
+    empty.mkdir()
+    common = ["submit", WORD_COUNT, "--master", "local[1]", "--ds", "2026-11-05", "--conf", f"input={empty}",
+              "--conf", f"output={tmp_path / 'out'}", "--conf", "headrace.progress=false"]
+    refused = cli(*common)
+    assert refused.returncode == 2 and "headrace.allow_empty_input=true" in refused.stderr
+    allowed = cli(*common, "--conf", "headrace.allow_empty_input=true")
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    partition = tmp_path / "out" / "ds=2026-11-05"
+    manifest = json.loads((partition / "_SUCCESS").read_text())
+    assert manifest["counts"]["input"] == 0 and manifest["counts"]["output"] == 0
+    assert any("empty partition" in warning for warning in manifest["warnings"])
+    table = pq.read_table(str(partition))
+    assert table.num_rows == 0 and "words" in table.column_names
+
+
+def test_backfill_goes_on_past_a_failed_date_skips_committed_ones_and_sums_up(tmp_path):
+    for day in ("2026-11-03", "2026-11-05"):
+        write(str(tmp_path / "in" / day), "a.txt", b"one two three")
+    report = tmp_path / "backfill.json"
+    common = ["backfill", WORD_COUNT, "--start", "2026-11-03", "--end", "2026-11-05", "--master", "local[1]",
+              "--conf", f"input={tmp_path}/in/{{ds}}", "--conf", f"output={tmp_path}/out",
+              "--conf", "headrace.progress=false", "--report", str(report)]
+    first = cli(*common)
+    assert first.returncode != 0, first.stdout  # 2026-11-04 has no input
+    dates = {d["ds"]: d for d in json.loads(report.read_text())["dates"]}
+    assert [dates[d]["exit"] for d in sorted(dates)] == [0, 2, 0]  # went on past the failed date
+    assert "2026-11-04" in first.stderr and "does not exist" in dates["2026-11-04"]["reason"]
+    table = first.stdout[first.stdout.index("backfill of 3 date(s)"):]
+    assert "2026-11-05" in table and "committed" in table and dates["2026-11-05"]["rows"] == 1
+
+    write(str(tmp_path / "in" / "2026-11-04"), "a.txt", b"four five")
+    dry = cli(*common, "--skip-committed", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    statuses = [d["status"] for d in json.loads(report.read_text())["dates"]]
+    assert statuses == ["skipped (committed, same configuration)", "would run: 1 input files",
+                        "skipped (committed, same configuration)"]
+    again = cli(*common, "--skip-committed")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count(" committed (run ") == 1  # only the missing date ran
+    assert pq.read_table(str(tmp_path / "out" / "ds=2026-11-04")).column("words").to_pylist() == [2]
+
+    write(str(tmp_path / "in" / "2026-11-03"), "a.txt", b"explode")
+    stopped = cli(*common, "--no-resume", "--fail-fast")
+    assert stopped.returncode == 3, stopped.stderr[-2000:]  # 11-03 refused by the gate; nothing after it ran
+    assert [d["ds"] for d in json.loads(report.read_text())["dates"]] == ["2026-11-03"]
+    assert "stopped after 1 of 3 dates" in stopped.stdout
+
+
+def test_status_is_a_sensor_for_a_committed_date(tmp_path, docs):
+    output = tmp_path / "out"
+    before = cli("status", str(output), "--ds", "2026-11-06")
+    assert before.returncode == 1 and "ds=2026-11-06 is not committed" in before.stdout
+    run = cli("submit", WORD_COUNT, "--master", "local[1]", "--ds", "2026-11-06", "--conf", f"input={docs}",
+              "--conf", f"output={output}", "--conf", "headrace.progress=false")
+    assert run.returncode == 0, run.stderr[-2000:]
+    after = cli("status", str(output), "--ds", "2026-11-06")
+    assert after.returncode == 0, after.stderr
+    assert "ds=2026-11-06 committed by run" in after.stdout and "4 rows" in after.stdout
+    assert cli("status", str(output), "--ds", "11/06/2026").returncode == 2
+
+
+def test_the_scheduling_examples_parse(tmp_path):
+    """The README's cron line, Airflow DAG and Kubernetes CronJob, kept as files."""
+    import ast
+    import re
+    import shlex
+
+    import yaml
+
+    examples = os.path.join(ROOT, "examples")
+    dag = open(os.path.join(examples, "airflow", "doc_embeddings_dag.py")).read()
+    ast.parse(dag)
+    assert "--ds {{{{ ds }}}}" in dag and "headrace status" in dag and "skip_on_exit_code=99" in dag
+    entries = [line for line in open(os.path.join(examples, "cron", "headrace.cron"))
+               if line.strip() and not line.startswith("#") and "=" not in line.split()[0]]
+    assert len(entries) == 1
+    fields = entries[0].split(None, 5)
+    assert all(re.fullmatch(r"[\d*/,-]+", f) for f in fields[:5])
+    command = shlex.split(fields[5].split(">>")[0].replace("\\%", "%"))
+    submit = command[command.index("submit") - 1:]
+    assert submit[0].endswith("headrace") and submit[2] == "pipelines/doc_embeddings.py"
+    cronjob = yaml.safe_load(open(os.path.join(examples, "kubernetes", "cronjob.yaml")))
+    assert cronjob["kind"] == "CronJob" and cronjob["spec"]["schedule"] == "15 2 * * *"
+    container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert "headrace submit" in container["args"][0]
+    codes = {rule["onExitCodes"]["values"][0] for rule in cronjob["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]}
+    assert codes == {2, 3}
+    # The pipeline and the conf keys the examples use exist.
+    check = cli("submit", os.path.join(ROOT, "pipelines", "doc_embeddings.py"), "--dry-run",
+                "--conf", f"input={tmp_path}", "--conf", "output=s3://lake/doc_embeddings",
+                "--conf", "headrace.allow_empty_input=true", "--conf", "headrace.progress=false")
+    assert check.returncode == 0, check.stderr
