@@ -34,7 +34,8 @@ class EngineConf:
     require_gpu: bool = False
     max_quarantine_fraction: float | None = None  # overrides the pipeline's quality gate
     broken_stage_after: int = 32  # a stage failing this often with one error before any success stops the run; 0: never
-    progress: bool = True
+    progress: bool = True  # headrace's progress display: live on a terminal, else a line every progress_every_s
+    progress_every_s: float = 30.0
     verbose: bool = False
     resume: bool = True  # keep what a killed run of the same ds and configuration staged
     allow_empty_input: bool = False  # an input that matches no file commits an empty partition

@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 import uuid
 
@@ -32,6 +33,7 @@ from headrace.isolate import FailureWatch, apply_stage
 from headrace.memory import HeapTrimmer
 from headrace.part_writer import PartWriter
 from headrace.pipeline import Pipeline
+from headrace.progress import Display, measure
 from headrace.placement import LOCAL_CPU_SLOTS_PER_CORE, Cluster, Master, Placement
 from headrace.stage import Stage, StageContext
 from headrace.staging import StagedPart
@@ -155,15 +157,17 @@ def _stderr_silenced():
         os.close(saved)
 
 
-def configure(progress: bool, object_store_memory: int | None) -> None:
-    """Ray Data's settings for this run."""
+def configure(verbose: bool, object_store_memory: int | None) -> None:
+    """Ray Data's settings for this run. Its progress bars, operator dumps and info lines
+    are for --verbose; headrace shows its own progress (headrace.progress)."""
     context = DataContext.get_current()
     # Ray Data's own budget, which also holds on a shared cluster; unset means Ray's default.
     limits = context.execution_options.resource_limits
     budget = float("inf") if object_store_memory is None else object_store_memory
     context.execution_options.resource_limits = limits.copy(object_store_memory=budget)
-    context.enable_progress_bars = progress
+    context.enable_progress_bars = verbose
     context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 class _StageActor:
@@ -194,8 +198,9 @@ class _StageActor:
         result = apply_stage(self.stage, batch, self.schema, self.keys, self.watch)
         forward_after = self.context.timings.get("forward_s")
         forward = None if forward_after is None else forward_after - (forward_before or 0.0)
+        done = measure(batch, result)
         call = Call(self.stage.stage_name, self.actor, self.ready, started, time.time(), batch.num_rows, forward,
-                    self.context.gpu_ids, node_name())
+                    self.context.gpu_ids, node_name(), done.inputs, done.quarantined)
         self.ledger.record.remote(call)
         self.trim()
         return result
@@ -208,9 +213,11 @@ def node_name() -> str:
 
 
 def _counted(batch, fn, stage: str, ledger):
-    """Run a task stage's ``fn`` on ``batch``, telling the ledger which node did it."""
-    ledger.batch.remote(stage, node_name())
-    return fn(batch)
+    """Run a task stage's ``fn`` on ``batch``, telling the ledger where and what it did."""
+    result = fn(batch)
+    done = measure(batch, result)
+    ledger.batch.remote(stage, node_name(), done.rows, done.inputs, done.quarantined)
+    return result
 
 
 @ray.remote(num_cpus=0)
@@ -221,8 +228,11 @@ class _LedgerActor:
     def record(self, call: Call) -> None:
         self.ledger.record(call)
 
-    def batch(self, stage: str, node: str) -> None:
-        self.ledger.batch(stage, node)
+    def batch(self, stage: str, node: str, rows: int = 0, inputs: float = 0.0, quarantined: int = 0) -> None:
+        self.ledger.batch(stage, node, rows, inputs, quarantined)
+
+    def progress(self) -> dict[str, dict]:
+        return self.ledger.progress()
 
     def summary(self) -> tuple[dict, list[dict]]:
         return self.ledger.summary(), self.ledger.node_summary()
@@ -342,7 +352,8 @@ class StagedParquetDatasink(Datasink):
 
 
 def execute(
-    pipeline: Pipeline, inputs: pa.Table, placements: list[Placement], writer: PartWriter, broken_after: int
+    pipeline: Pipeline, inputs: pa.Table, placements: list[Placement], writer: PartWriter, broken_after: int,
+    progress_every_s: float | None = None,
 ) -> tuple[list[StagedPart], dict, list[dict]]:
     """Run the pipeline over ``inputs``, staging files.
 
@@ -356,6 +367,11 @@ def execute(
     ledger = _LedgerActor.options(scheduling_strategy=here).remote()
     watch_actor = _WatchActor.options(scheduling_strategy=here).remote(broken_after)
     sink = StagedParquetDatasink(writer, pipeline.sink.rows_per_file, ledger)
+    display, stop = None, threading.Event()
+    if progress_every_s is not None:
+        names = [stage.stage_name for stage in pipeline.stages] + (["schema"] if pipeline.schema is not None else [])
+        display = Display(names, inputs.num_rows, progress_every_s)
+        threading.Thread(target=_poll, args=(ledger, display, stop), name="headrace-progress", daemon=True).start()
     try:
         try:
             build_dataset(pipeline, inputs, placements, ledger, _RemoteWatch(watch_actor)).write_datasink(sink)
@@ -369,9 +385,26 @@ def execute(
             raise
         utilisation, nodes = ray.get(ledger.summary.remote())
     finally:
+        stop.set()
+        if display is not None:
+            try:
+                display.update(ray.get(ledger.progress.remote(), timeout=10))
+            except Exception:  # noqa: BLE001 - the run's outcome matters, not its last snapshot
+                pass
+            display.close()
         ray.kill(ledger)
         ray.kill(watch_actor)
     return sink.parts, utilisation, nodes
+
+
+def _poll(ledger, display: Display, stop: threading.Event) -> None:
+    while not stop.wait(display.every_s):
+        try:
+            snapshot = ray.get(ledger.progress.remote(), timeout=10)
+        except Exception:  # noqa: BLE001 - a missed snapshot is no reason to disturb the run
+            continue
+        if not stop.is_set():
+            display.update(snapshot)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -98,7 +98,7 @@ def run(
     for note in [p.note for p in placements if p.note]:
         log.warning(note)
         warnings.append(note)
-    ray_adapter.configure(engine.progress, store)
+    ray_adapter.configure(engine.verbose, store)
     timings["start_s"] = time.perf_counter() - started - timings["list_s"]
 
     sink, id_column = pipeline.sink, pipeline.keys[0]
@@ -126,7 +126,10 @@ def run(
         writer = PartWriter(sink, area.root, resumed.attempt, run_id, pipeline.keys, pipeline.output_schema)
         parts, utilisation, nodes = ([], {}, [])
         if todo.num_rows:
-            parts, utilisation, nodes = ray_adapter.execute(pipeline, todo, placements, writer, engine.broken_stage_after)
+            parts, utilisation, nodes = ray_adapter.execute(
+                pipeline, todo, placements, writer, engine.broken_stage_after,
+                engine.progress_every_s if engine.progress else None,
+            )
         parts = resumed.parts + parts
         timings["process_s"] = time.perf_counter() - mark
 

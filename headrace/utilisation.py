@@ -28,6 +28,17 @@ class Call:
     forward_s: float | None
     gpu_ids: tuple = ()
     node: str = ""
+    inputs: float = 0.0  # inputs' worth in the batch (headrace.progress)
+    quarantined: int = 0  # rows the stage quarantined
+
+
+@dataclass
+class StageTotals:
+    """What a stage did so far, for the progress display."""
+
+    rows: int = 0
+    inputs: float = 0.0
+    quarantined: int = 0
 
 
 @dataclass
@@ -54,12 +65,32 @@ class NodeWork:
 class Ledger:
     actors: dict[tuple[str, str], ActorTotals] = field(default_factory=dict)
     nodes: dict[str, NodeWork] = field(default_factory=dict)
+    stages: dict[str, StageTotals] = field(default_factory=dict)
 
-    def batch(self, stage: str, node: str) -> None:
+    def batch(self, stage: str, node: str, rows: int = 0, inputs: float = 0.0, quarantined: int = 0) -> None:
         """A task (or a fused task inside an actor) processed one batch of ``stage`` on ``node``."""
         self.nodes.setdefault(node, NodeWork()).batches[stage] += 1
+        self._count(stage, rows, inputs, quarantined)
+
+    def _count(self, stage: str, rows: int, inputs: float, quarantined: int) -> None:
+        totals = self.stages.setdefault(stage, StageTotals())
+        totals.rows += rows
+        totals.inputs += inputs
+        totals.quarantined += quarantined
+
+    def progress(self) -> dict[str, dict]:
+        """Per stage so far: rows, inputs' worth, quarantined rows, actors started."""
+        actors: dict[str, int] = defaultdict(int)
+        for stage, _ in self.actors:
+            actors[stage] += 1
+        return {
+            stage: {"rows": t.rows, "inputs": t.inputs, "quarantined": t.quarantined, "actors": actors.get(stage, 0)}
+            for stage, t in self.stages.items()
+        }
 
     def record(self, call: Call) -> None:
+        if call.rows:
+            self._count(call.stage, call.rows, call.inputs, call.quarantined)
         if (call.stage, call.actor) not in self.actors:
             self.nodes.setdefault(call.node, NodeWork()).actors[call.stage] += 1
         if call.rows:

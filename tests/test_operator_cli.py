@@ -245,3 +245,40 @@ def test_the_scheduling_examples_parse(tmp_path):
                 "--conf", f"input={tmp_path}", "--conf", "output=s3://lake/doc_embeddings",
                 "--conf", "headrace.allow_empty_input=true", "--conf", "headrace.progress=false")
     assert check.returncode == 0, check.stderr
+
+
+def lines_corpus(directory, files=12, lines=5):
+    for index in range(files):
+        text = "\n".join(f"line {n} of file {index}" for n in range(lines))
+        write(str(directory), f"f-{index:02d}.txt", (text if index != 3 else "explode\n").encode())
+
+
+def test_progress_off_a_terminal_is_one_line_every_interval_and_no_ray_dump(tmp_path):
+    lines_corpus(tmp_path / "docs")
+    result = cli("submit", os.path.join(ROOT, "tests", "fixtures", "slow_lines.py"), "--master", "local[1]",
+                 "--ds", "2026-11-07", "--conf", f"input={tmp_path / 'docs'}", "--conf", f"output={tmp_path / 'out'}",
+                 "--conf", "delay=0.1", "--conf", "headrace.progress_every_s=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    progress = [line for line in result.stderr.splitlines() if line.startswith("headrace: elapsed")]
+    assert len(progress) >= 3, result.stderr  # about 6 s of work at one line a second
+    assert "inputs 12/12 (100%)" in progress[-1] and "ETA 0m00s" in progress[-1]
+    assert "Lines 12 rows" in progress[-1] and "1 quarantined" in progress[-1]
+    # Ray's operator table, progress bars and info lines stay off without --verbose.
+    for noise in ("streaming_executor", "Progress bars disabled", "Running Dataset", "Data sink"):
+        assert noise not in result.stderr + result.stdout, noise
+
+
+def test_progress_on_a_terminal_is_a_live_table(tmp_path):
+    lines_corpus(tmp_path / "docs")
+    command = [*HEADRACE, "submit", os.path.join(ROOT, "tests", "fixtures", "slow_lines.py"), "--master", "local[1]",
+               "--ds", "2026-11-08", "--conf", f"input={tmp_path / 'docs'}", "--conf", f"output={tmp_path / 'out'}",
+               "--conf", "delay=0.1"]
+    # script(1) runs the command on a pseudo-terminal, as a user's shell would.
+    result = subprocess.run(["script", "-qec", " ".join(command), "/dev/null"], capture_output=True, text=True,
+                            timeout=300, cwd=ROOT, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "COLUMNS": "120"})
+    assert result.returncode == 0, result.stdout[-3000:]
+    screen = result.stdout
+    assert "┃" in screen and "rows/s" in screen and "quarantined" in screen  # a rich table, redrawn in place
+    assert "ETA" in screen and "inputs 12/12 (100%)" in screen
+    assert "\x1b[" in screen  # drawn with terminal control sequences
+    assert "slow_lines ds=2026-11-08 committed" in screen
