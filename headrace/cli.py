@@ -121,7 +121,7 @@ def submit(pipeline, master, deploy_mode, no_wait, conf_pairs, properties_file, 
     known = {"pipeline": pipeline, "ds": ds}
     try:
         factory, run_conf, built = _resolve(pipeline, conf_pairs, properties_file, flags, ds, pipeline_args)
-        known.update(pipeline=built.name, ds=run_conf.ds, config=_recordable(run_conf))
+        known.update(pipeline=built.name, ds=run_conf.ds, config=_recordable(run_conf), output=built.sink.url)
         if dry_run or verbose:
             click.echo("settings (value, origin):", err=not dry_run)
             click.echo("\n".join(conf_mod.describe_settings(run_conf, ds is not None)), err=not dry_run)
@@ -130,11 +130,26 @@ def submit(pipeline, master, deploy_mode, no_wait, conf_pairs, properties_file, 
             return
         _run_one(built, run_conf, report, _code_files(factory))
     except BaseException as exc:
-        if report:
-            from headrace.report import failure_report, write_report
+        from headrace.report import failure_report, write_report
 
-            write_report(report, failure_report(exc, known))
+        document = failure_report(exc, known)
+        if report:
+            write_report(report, document)
+        if document["status"] in ("failed", "refused", "interrupted") and known.get("output"):
+            _html_report(document)
         raise
+
+
+def _html_report(document: dict) -> str | None:
+    """The run's HTML page under OUT/_reports; a report that cannot be written is a
+    warning, never a different outcome of the run."""
+    from headrace import html_report
+
+    try:
+        return html_report.write(document["output"], document)
+    except Exception as exc:  # noqa: BLE001
+        logging.getLogger("headrace").warning("the HTML run report was not written: %s: %s", type(exc).__name__, exc)
+        return None
 
 
 def _dry_run(built, run_conf, report, known):
@@ -200,6 +215,9 @@ def _run_one(built, run_conf, report, code_files=()):
     started = time.perf_counter()
     result = run(built, run_conf.ds, run_conf.engine, run_conf.as_dict(), code_files)
     click.echo(summary(result.manifest, time.perf_counter() - started))
+    page = _html_report({**result.manifest, "exit_code": 0})
+    if page:
+        click.echo(f"  report       {page}")
     if report:
         write_report(report, result.manifest)
 
@@ -281,6 +299,7 @@ def _backfill_one(factory, run_conf, built, skip_committed, dry_run) -> dict:
         else:
             manifest = run(built, run_conf.ds, run_conf.engine, run_conf.as_dict(), _code_files(factory)).manifest
             click.echo(summary(manifest, time.perf_counter() - started))
+            _html_report({**manifest, "exit_code": 0})
             row.update(status="committed", exit=0, rows=manifest["counts"]["output"],
                        quarantined=manifest["counts"]["quarantined"], run_id=manifest["run_id"])
     except HeadraceError as exc:
@@ -337,6 +356,21 @@ def status(output, ds):
     committed, line = partition_status(output, day)
     click.echo(line)
     sys.exit(EXIT_OK if committed else EXIT_FAILED)
+
+
+@main.command()
+@click.argument("output")
+@click.option("--ds", required=True, help="The logical date, YYYY-MM-DD.")
+@_exits
+def report(output, ds):
+    """Write the HTML report of the latest run of OUTPUT for --ds again, and print its path."""
+    from headrace import html_report
+
+    page = html_report.rewrite(output, conf_mod.parse_ds(ds))
+    if page is None:
+        click.echo(f"headrace: no run report for {output} ds={ds} (in {output}/_reports/ds={ds}/)", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(page)
 
 
 @main.group()

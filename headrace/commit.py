@@ -91,6 +91,18 @@ def gate(counts: dict[str, int], parts: list[StagedPart], limit: float) -> tuple
     return None, None
 
 
+def quarantine_causes(parts: list[StagedPart]) -> list[dict]:
+    """Quarantined rows by "stage: ErrorType", most first, each with a few sample messages."""
+    counts: Counter = Counter()
+    samples: dict[str, list[str]] = {}
+    for part in parts:
+        counts.update(part.errors)
+        for cause, messages in part.samples.items():
+            kept = samples.setdefault(cause, [])
+            kept.extend(messages[: max(0, 3 - len(kept))])
+    return [{"cause": cause, "rows": rows, "samples": samples.get(cause, [])} for cause, rows in counts.most_common()]
+
+
 @dataclass
 class Layout:
     """The files a publish makes visible: names in the partition and quarantine, and

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from headrace.envelope import ERROR, WEIGHT, split_errors
 from headrace.sink import QUARANTINE_SCHEMA, ParquetSink
-from headrace.staging import StagedPart, StagingArea, error_counts, unique_ids
+from headrace.staging import StagedPart, StagingArea, error_counts, error_samples, unique_ids
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class PartWriter:
             area.storage.write_parquet(quarantine, area.path("quarantine", part.file), area.compression)
             part.quarantine_rows = quarantine.num_rows
             part.quarantine_ids = unique_ids(failed.column(id_column))
-            part.errors = error_counts(quarantine)
+            part.errors, part.samples = error_counts(quarantine), error_samples(quarantine)
         # Last: the progress file is what makes this task's files count.
         area.storage.write_json(area.path("progress", part.progress), part.document())
         return replace(part, weights={})  # the driver needs no weights: they are for resume

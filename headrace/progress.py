@@ -40,6 +40,25 @@ def measure(before: pa.Table, after: pa.Table) -> BatchProgress:
     return BatchProgress(before.num_rows, worth, max(0, _errors(after) - _errors(before)))
 
 
+class Timeline:
+    """Rows done per stage over the run, for the report's plots: a sample every
+    ``every_s`` seconds, thinned to at most ``limit`` samples however long the run."""
+
+    every_s = 2.0
+    limit = 240
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.samples: list[dict] = []
+
+    def add(self, snapshot: dict[str, dict]) -> None:
+        self.samples.append({"t_s": round(time.monotonic() - self.started, 2),
+                             "rows": {stage: values["rows"] for stage, values in snapshot.items()},
+                             "actors": {stage: values.get("actors", 0) for stage, values in snapshot.items()}})
+        if len(self.samples) > self.limit:
+            self.samples = self.samples[::2]
+
+
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     hours, rest = divmod(seconds, 3600)

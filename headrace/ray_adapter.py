@@ -33,7 +33,7 @@ from headrace.isolate import FailureWatch, apply_stage
 from headrace.memory import HeapTrimmer
 from headrace.part_writer import PartWriter
 from headrace.pipeline import Pipeline
-from headrace.progress import Display, measure
+from headrace.progress import Display, Timeline, measure
 from headrace.placement import LOCAL_CPU_SLOTS_PER_CORE, Cluster, Master, Placement
 from headrace.stage import Stage, StageContext
 from headrace.staging import StagedPart
@@ -354,7 +354,7 @@ class StagedParquetDatasink(Datasink):
 def execute(
     pipeline: Pipeline, inputs: pa.Table, placements: list[Placement], writer: PartWriter, broken_after: int,
     progress_every_s: float | None = None,
-) -> tuple[list[StagedPart], dict, list[dict]]:
+) -> tuple[list[StagedPart], dict, list[dict], list[dict]]:
     """Run the pipeline over ``inputs``, staging files.
 
     Returns what every write task staged, the utilisation of each actor-pool stage and
@@ -367,11 +367,13 @@ def execute(
     ledger = _LedgerActor.options(scheduling_strategy=here).remote()
     watch_actor = _WatchActor.options(scheduling_strategy=here).remote(broken_after)
     sink = StagedParquetDatasink(writer, pipeline.sink.rows_per_file, ledger)
-    display, stop = None, threading.Event()
+    display, stop, timeline = None, threading.Event(), Timeline()
     if progress_every_s is not None:
         names = [stage.stage_name for stage in pipeline.stages] + (["schema"] if pipeline.schema is not None else [])
         display = Display(names, inputs.num_rows, progress_every_s)
-        threading.Thread(target=_poll, args=(ledger, display, stop), name="headrace-progress", daemon=True).start()
+    poller = threading.Thread(target=_poll, args=(ledger, display, timeline, stop), name="headrace-progress",
+                              daemon=True)
+    poller.start()
     try:
         try:
             build_dataset(pipeline, inputs, placements, ledger, _RemoteWatch(watch_actor)).write_datasink(sink)
@@ -386,25 +388,36 @@ def execute(
         utilisation, nodes = ray.get(ledger.summary.remote())
     finally:
         stop.set()
+        poller.join(timeout=15)
+        try:
+            snapshot = ray.get(ledger.progress.remote(), timeout=10)
+            timeline.add(snapshot)
+            if display is not None:
+                display.update(snapshot)
+        except Exception:  # noqa: BLE001 - the run's outcome matters, not its last snapshot
+            pass
         if display is not None:
-            try:
-                display.update(ray.get(ledger.progress.remote(), timeout=10))
-            except Exception:  # noqa: BLE001 - the run's outcome matters, not its last snapshot
-                pass
             display.close()
         ray.kill(ledger)
         ray.kill(watch_actor)
-    return sink.parts, utilisation, nodes
+    return sink.parts, utilisation, nodes, timeline.samples
 
 
-def _poll(ledger, display: Display, stop: threading.Event) -> None:
-    while not stop.wait(display.every_s):
+def _poll(ledger, display: Display | None, timeline: Timeline, stop: threading.Event) -> None:
+    """Snapshots of the ledger for the display, and every TIMELINE_EVERY_S for the report."""
+    every = min(display.every_s, Timeline.every_s) if display is not None else Timeline.every_s
+    last_shown = time.monotonic()
+    while not stop.wait(every):
         try:
             snapshot = ray.get(ledger.progress.remote(), timeout=10)
         except Exception:  # noqa: BLE001 - a missed snapshot is no reason to disturb the run
             continue
-        if not stop.is_set():
+        if stop.is_set():
+            return
+        timeline.add(snapshot)
+        if display is not None and time.monotonic() - last_shown >= display.every_s - 0.01:
             display.update(snapshot)
+            last_shown = time.monotonic()
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

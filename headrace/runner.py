@@ -82,7 +82,7 @@ def run(
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
     worker_env = _storage_environment(engine.storage_options)
-    inputs, warning = list_inputs(pipeline, engine)
+    inputs, warning, input_sizes = list_inputs_with_sizes(pipeline, engine)
     warnings = [warning] if warning else []
     timings["list_s"] = time.perf_counter() - started
 
@@ -124,9 +124,9 @@ def run(
         log.info("run %s: %d input files -> %s", run_id, todo.num_rows, sink.partition(ds))
         mark = time.perf_counter()
         writer = PartWriter(sink, area.root, resumed.attempt, run_id, pipeline.keys, pipeline.output_schema)
-        parts, utilisation, nodes = ([], {}, [])
+        parts, utilisation, nodes, timeline = ([], {}, [], [])
         if todo.num_rows:
-            parts, utilisation, nodes = ray_adapter.execute(
+            parts, utilisation, nodes, timeline = ray_adapter.execute(
                 pipeline, todo, placements, writer, engine.broken_stage_after,
                 engine.progress_every_s if engine.progress else None,
             )
@@ -145,7 +145,8 @@ def run(
         timings["total_s"] = time.perf_counter() - started
         manifest = build_manifest(
             pipeline=pipeline, engine=engine, run_id=run_id, ds=ds, started_at=started_at, config=_recordable(config),
-            placements=placements, cluster=cluster, utilisation=utilisation, nodes=nodes, timings=timings, resumed=resumed,
+            placements=placements, cluster=cluster, utilisation=utilisation, nodes=nodes, timeline=timeline, input_sizes=input_sizes,
+            quarantine_causes=commit.quarantine_causes(parts), timings=timings, resumed=resumed,
             processed=todo.num_rows, gate=gate, counts=counts, files=files.files,
             quarantine_files=files.quarantine_files, warnings=warnings,
             status="failed" if refused else "committed",
@@ -175,8 +176,17 @@ def committed_as_configured(
 
 def list_inputs(pipeline: Pipeline, engine: EngineConf) -> tuple[pa.Table, str | None]:
     """The input records, and a warning where there are none and that is allowed."""
+    return list_inputs_with_sizes(pipeline, engine)[:2]
+
+
+def list_inputs_with_sizes(pipeline: Pipeline, engine: EngineConf) -> tuple[pa.Table, str | None, dict | None]:
+    """As list_inputs, with the histogram of input sizes where the source knows them."""
+    source = pipeline.source
     try:
-        return pipeline.source.list(), None
+        if hasattr(source, "list_with_sizes"):
+            inputs, sizes = source.list_with_sizes()
+            return inputs, None, size_histogram(sizes)
+        return source.list(), None, None
     except NoInputs as exc:
         if not engine.allow_empty_input:
             raise NoInputs(
@@ -184,7 +194,18 @@ def list_inputs(pipeline: Pipeline, engine: EngineConf) -> tuple[pa.Table, str |
             ) from None
         warning = f"{exc}: an empty partition is committed ({ENGINE_PREFIX}allow_empty_input)"
         log.warning(warning)
-        return pipeline.source.schema.empty_table(), warning
+        return pipeline.source.schema.empty_table(), warning, None
+
+
+def size_histogram(sizes: pa.Array) -> dict:
+    """Input sizes in bins of powers of 4 bytes (1 B, 4 B, ... 1 GiB and more)."""
+    import numpy as np
+
+    known = np.asarray(sizes.drop_null(), dtype=np.float64)
+    edges = [0] + [4 ** k for k in range(1, 16)]
+    counts = np.histogram(known, bins=[*edges, float("inf")])[0].tolist() if len(known) else []
+    return {"edges": edges, "counts": counts, "files": len(sizes), "unknown": sizes.null_count,
+            "bytes": int(known.sum()) if len(known) else 0}
 
 
 def _storage_environment(options: str | None) -> dict[str, str]:

@@ -49,6 +49,10 @@ class Files:
 
     def list(self) -> pa.Table:
         """The input records, in a stable order. Raises ConfigError when nothing matches."""
+        return self.list_with_sizes()[0]
+
+    def list_with_sizes(self) -> tuple[pa.Table, pa.Array]:
+        """The input records, and each file's size in bytes (null where the store said none)."""
         try:
             fs, path = fsspec.core.url_to_fs(self.url)
         except (ImportError, ValueError) as exc:
@@ -56,6 +60,7 @@ class Files:
         fs.invalidate_cache()  # a filesystem instance is shared in a process: list afresh
         candidates = retrying(lambda: self._candidates(fs, path), 5, 0.2, f"list {self.url}")
         matched = sorted(p for p in candidates if self._wanted(p))
+        sizes = pa.array([candidates[p] for p in matched], pa.int64())
         if not matched:
             wanted = "/".join(self.extensions) + " " if self.extensions else ""
             ignored = f" ({len(candidates)} other files ignored)" if candidates else ""
@@ -63,20 +68,21 @@ class Files:
         uris = [fs.unstrip_protocol(p) for p in matched]
         return pa.table(
             {self.id_column: [stable_id(u) for u in uris], "source": uris}, schema=self.schema
-        )
+        ), sizes
 
-    def _candidates(self, fs, path: str) -> list[str]:
+    def _candidates(self, fs, path: str) -> dict[str, int | None]:
         # fsspec's walk skips a directory whose listing fails unless told to raise: that
         # would silently leave its files out of the run. Object stores list a prefix flat,
         # page by page (one request per 1,000 objects, none per object), and raise on a
         # failed page; their find() takes no on_error.
         walk = {"on_error": "raise"} if is_local(fs) else {}
         if any(ch in path for ch in GLOB_CHARS):
-            return [p for p, info in fs.glob(path, detail=True, **walk).items() if info.get("type") != "directory"]
+            found = fs.glob(path, detail=True, **walk)
+            return {p: info.get("size") for p, info in found.items() if info.get("type") != "directory"}
         if fs.isdir(path):
-            return [p for p in fs.find(path, **walk) if not _hidden(p, path)]
+            return {p: info.get("size") for p, info in fs.find(path, detail=True, **walk).items() if not _hidden(p, path)}
         if fs.exists(path):
-            return [path]
+            return {path: fs.size(path)}
         raise ConfigError(f"input {self.given!r} does not exist")
 
     def _wanted(self, path: str) -> bool:

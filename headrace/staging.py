@@ -63,6 +63,7 @@ class StagedPart:
     quarantine_ids: pa.Array = field(default_factory=no_ids)
     weights: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)  # "stage: ErrorType" -> quarantined rows
+    samples: dict[str, list[str]] = field(default_factory=dict)  # "stage: ErrorType" -> a few messages
 
     def document(self) -> dict:
         """The progress file's content."""
@@ -70,6 +71,7 @@ class StagedPart:
             "name": self.name, "data_rows": self.data_rows, "data_bytes": self.data_bytes,
             "quarantine_rows": self.quarantine_rows, "data_ids": self.data_ids.to_pylist(),
             "quarantine_ids": self.quarantine_ids.to_pylist(), "weights": self.weights, "errors": self.errors,
+            "samples": self.samples,
         }
 
     @classmethod
@@ -219,7 +221,7 @@ def strip_part(area: StagingArea, part: StagedPart, complete: set[str], name: st
             replacement.data_rows, replacement.data_bytes, replacement.data_ids = table.num_rows, size, ids
         else:
             replacement.quarantine_rows, replacement.quarantine_ids = table.num_rows, ids
-            replacement.errors = error_counts(table)
+            replacement.errors, replacement.samples = error_counts(table), error_samples(table)
     replacement.weights = {k: part.weights[k] for k in keep}
     storage.remove(area.path("progress", part.progress))
     if keep:
@@ -227,6 +229,17 @@ def strip_part(area: StagingArea, part: StagedPart, complete: set[str], name: st
     for sub in ("data", "quarantine"):
         storage.remove(area.path(sub, part.file), missing_ok=True)
     return replacement if keep else None
+
+
+def error_samples(quarantine: pa.Table, per_cause: int = 3) -> dict[str, list[str]]:
+    """Up to ``per_cause`` messages of each "stage: ErrorType", for the run report."""
+    samples: dict[str, list[str]] = {}
+    columns = (quarantine.column(c).to_pylist() for c in ("stage", "error_type", "message", "source"))
+    for stage, error_type, message, source in zip(*columns):
+        kept = samples.setdefault(f"{stage}: {error_type}", [])
+        if len(kept) < per_cause:
+            kept.append(f"{source}: {(message or '')[:300]}")
+    return samples
 
 
 def error_counts(quarantine: pa.Table) -> dict[str, int]:

@@ -63,13 +63,13 @@ def test_a_killed_run_leaves_the_table_at_its_previous_version_and_the_rerun_res
 
     args = [*HEADRACE, "submit", SLOW, "--master", "local[2]", "--ds", "2026-10-03", "--conf", "headrace.progress=false",
             "--conf", "output_format=delta", "--conf", f"input={tmp_path / 'large'}", "--conf", f"output={table}",
-            "--conf", "delay=0.4"]
+            "--conf", "delay=0.2"]
     kill_when_staged(args, {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
                      os.path.join(table, "_staging", "ds=2026-10-03", "progress"))
     assert DeltaTable(table).version() == 0
     assert pl.read_delta(table).sort("source", "line_index").equals(before)  # staged files are invisible
 
-    rerun = submit(SLOW, "2026-10-03", f"input={tmp_path / 'large'}", f"output={table}", "delay=0.4")
+    rerun = submit(SLOW, "2026-10-03", f"input={tmp_path / 'large'}", f"output={table}", "delay=0.2")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming ds=2026-10-03" in rerun.stderr
     after = pl.read_delta(table)

@@ -168,12 +168,12 @@ def test_editing_the_stage_after_a_kill_discards_what_the_old_code_staged(tmp_pa
     shutil.copy(SLOW, job)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": ROOT}
     conf = (f"input={corpus}", f"output={output}", "headrace.progress=false")
-    kill_when_staged(submit(*conf, "delay=0.4", pipeline=str(job)), env,
+    kill_when_staged(submit(*conf, "delay=0.2", pipeline=str(job)), env,
                      os.path.join(output, "_staging", f"ds={DS}", "progress"), parts=2)
 
     source = job.read_text()
     job.write_text(source.replace("lines.append(line)", "lines.append(line.upper())"))  # the fix
-    rerun = subprocess.run(submit(*conf, "delay=0.4", pipeline=str(job)), cwd=ROOT, env=env,
+    rerun = subprocess.run(submit(*conf, "delay=0.2", pipeline=str(job)), cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     manifest = json.load(open(os.path.join(output, f"ds={DS}", "_SUCCESS")))
