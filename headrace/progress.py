@@ -49,7 +49,7 @@ class Timeline:
 
     def __init__(self) -> None:
         self.started = time.monotonic()
-        self.samples: list[dict] = []
+        self.samples: list[dict] = [{"t_s": 0.0, "rows": {}, "actors": {}}]  # a short run still has a line
 
     def add(self, snapshot: dict[str, dict]) -> None:
         self.samples.append({"t_s": round(time.monotonic() - self.started, 2),

@@ -67,7 +67,8 @@ def test_explain_and_dry_run(small_corpus):
     assert explain.returncode == 0, explain.stderr
     for expected in ("ReadFiles", "ChunkText", "EmbedText", "actors", "gpus=1 batch=8", "schema  doc_embeddings"):
         assert expected in explain.stdout
-    dry = headrace_cli("submit", "pipelines.doc_embeddings", *NO_RAY, "--dry-run", "--conf", f"input={small_corpus}")
+    dry = headrace_cli("submit", "pipelines.doc_embeddings", "--master", "local[1]", "--dry-run",
+                       "--conf", f"input={small_corpus}")
     assert dry.returncode == 0, dry.stderr
     assert "dry run: ds=" in dry.stdout and "6 input files" in dry.stdout
 

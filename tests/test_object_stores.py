@@ -57,7 +57,9 @@ def test_doc_embeddings_from_bucket_to_bucket_equal_a_local_run(request, corpus,
             fs.pipe_file(f"hr-in-{protocol}/docs/{relative}", open(os.path.join(path, name), "rb").read())
     source, output = f"{protocol}://hr-in-{protocol}/docs", f"{protocol}://hr-out-{protocol}/emb"
 
-    for attempt in range(2):  # the second run replaces the first, leaving nothing of it
+    # On S3 a second run replaces the first, leaving nothing of it (the publish path is the
+    # same code on every store; one run on gs:// keeps the suite short).
+    for attempt in range(2 if protocol == "s3" else 1):
         result = submit(DOC_EMBEDDINGS, f"input={source}", f"output={output}")
         assert result.returncode == 0, result.stderr[-3000:]
         committed = headrace.read(output, ds=DS)
@@ -95,7 +97,7 @@ def test_on_s3_a_second_run_of_the_date_is_turned_away_and_a_killed_run_resumes(
     assert first.returncode == 0, first.stderr[-3000:]
     before = headrace.read(output, ds=DS).to_pylist()
 
-    conf = ("input=s3://hr-lines-in/large", f"output={output}", "delay=0.4")
+    conf = ("input=s3://hr-lines-in/large", f"output={output}", "delay=0.25")
     args = [*HEADRACE, "submit", SLOW, "--master", "local[2]", "--ds", DS, "--conf", "headrace.progress=false"]
     for pair in conf:
         args += ["--conf", pair]

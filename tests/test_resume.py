@@ -81,7 +81,7 @@ def test_a_sigkilled_run_is_resumed_and_publishes_exactly_a_clean_runs_rows(ray_
     partition = os.path.join(output, f"ds={DS}")
     snapshot = {f: os.path.getsize(os.path.join(partition, f)) for f in os.listdir(partition)}
 
-    conf = (f"input={large}", f"output={output}", "delay=0.6", "headrace.progress=false")
+    conf = (f"input={large}", f"output={output}", "delay=0.3", "headrace.progress=false")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     progress = os.path.join(output, "_staging", f"ds={DS}", "progress")
     concurrent = None
