@@ -28,7 +28,8 @@ def words_by_date(frame: pl.DataFrame) -> dict:
     return {ds: [(os.path.basename(s), w) for d, s, w in rows if d == ds] for ds in sorted({r[0] for r in rows})}
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+# On a local disk, replacing a date is also what the killed-run test below ends with.
+@pytest.mark.parametrize("where", ["s3"])
 def test_rerunning_a_date_leaves_one_version_of_its_partition(request, tmp_path, where):
     for index in range(4):
         write(str(tmp_path / "in"), f"doc-{index}.txt", ("word " * (index + 1)).encode())
