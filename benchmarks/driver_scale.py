@@ -40,32 +40,19 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import psutil  # noqa: E402
 
-from headrace.source import stable_id  # noqa: E402
+from headrace.source import Files, stable_id  # noqa: E402
 
 
 @dataclass(frozen=True)
-class SyntheticFiles:
-    """N records shaped like Files' (doc_id, source) without N files on disk."""
+class SyntheticFiles(Files):
+    """Files' records (doc_id, source) for ``count`` made-up URIs, without files on disk."""
 
-    count: int
-    files_per_block: int = 1000
-    id_column: str = "doc_id"
-    url: str = "file:///synthetic/"
+    count: int = 0
 
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return (self.id_column, "source")
-
-    @property
-    def schema(self) -> pa.Schema:
-        return pa.schema([(self.id_column, pa.string()), ("source", pa.string())])
-
-    def list(self) -> pa.Table:
-        uris = [f"{self.url}doc-{i:08d}.txt" for i in range(self.count)]
-        return pa.table({self.id_column: [stable_id(u) for u in uris], "source": uris}, schema=self.schema)
-
-    def describe(self) -> str:
-        return f"synthetic {self.count:,} file records"
+    def list_with_sizes(self) -> tuple[pa.Table, pa.Array]:
+        uris = [f"{self.url}/doc-{i:08d}.txt" for i in range(self.count)]
+        table = pa.table({self.id_column: [stable_id(u) for u in uris], "source": uris}, schema=self.schema)
+        return table, pa.nulls(self.count, pa.int64())
 
 
 def uri_length(table: pa.Table) -> pa.Table:
@@ -108,7 +95,7 @@ def child(kind: str, count: int, per_block: int) -> dict:
 
     output = os.path.join(WORK, f"{kind}-{count}")
     shutil.rmtree(output, ignore_errors=True)
-    source = SyntheticFiles(count, per_block)
+    source = SyntheticFiles("file:///synthetic/", files_per_block=per_block, count=count)
     ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     started = time.perf_counter()

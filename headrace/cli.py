@@ -118,10 +118,13 @@ def submit(pipeline, master, deploy_mode, no_wait, conf_pairs, properties_file, 
                            pipeline_args)
     if no_wait:
         raise ConfigError("--no-wait goes with --deploy-mode cluster (a client-mode run is this process)")
+    from headrace.runner import recordable_config
+
     known = {"pipeline": pipeline, "ds": ds}
     try:
         factory, run_conf, built = _resolve(pipeline, conf_pairs, properties_file, flags, ds, pipeline_args)
-        known.update(pipeline=built.name, ds=run_conf.ds, config=_recordable(run_conf), output=built.sink.url)
+        known.update(pipeline=built.name, ds=run_conf.ds, config=recordable_config(run_conf.as_dict()),
+                     output=built.sink.url)
         if dry_run or verbose:
             click.echo("settings (value, origin):", err=not dry_run)
             click.echo("\n".join(conf_mod.describe_settings(run_conf, ds is not None)), err=not dry_run)
@@ -172,12 +175,6 @@ def _dry_run(built, run_conf, report, known):
         from headrace.report import write_report
 
         write_report(report, {**known, "status": "dry_run", "exit_code": 0, "inputs": inputs.num_rows})
-
-
-def _recordable(run_conf) -> dict:
-    from headrace.runner import _recordable as recordable
-
-    return recordable(run_conf.as_dict())
 
 
 def _submit_job(pipeline, master, no_wait, conf_pairs, properties_file, ds, flags, dry_run, report, pipeline_args):

@@ -46,9 +46,11 @@ def rewrite(output: str, ds: str) -> str | None:
 
 
 def history(fs, root: str) -> list[dict]:
+    """The latest HISTORY report documents, oldest first. Paths sort by date, then by run id
+    (which starts with the run's UTC start time), so only those are read."""
     fs.invalidate_cache()
     documents = []
-    for path in fs.glob(posixpath.join(root.rstrip("/"), REPORTS, "ds=*", "*.json")):
+    for path in sorted(fs.glob(posixpath.join(root.rstrip("/"), REPORTS, "ds=*", "*.json")))[-HISTORY:]:
         try:
             documents.append(json.loads(fs.cat_file(path)))
         except (OSError, ValueError):

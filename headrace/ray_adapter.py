@@ -68,7 +68,7 @@ def connect(
                 log_to_driver=True,
             )
         else:
-            _check_reachable(master.address)
+            check_master(master.address)
             try:
                 ray.init(address=master.address, logging_level=logging.WARNING,
                          runtime_env={"env_vars": worker_env} if worker_env else None)
@@ -83,13 +83,9 @@ def connect(
 
 
 def check_master(address: str) -> None:
-    """What connecting would find wrong, without joining the cluster (for --dry-run)."""
-    _check_reachable(address)
-
-
-def _check_reachable(address: str) -> None:
-    """Fail at once (exit 2) where nothing answers at host:port, instead of Ray's minutes of
-    GCS retries on the console."""
+    """Fail at once (exit 2) where nothing answers at host:port or the cluster refuses the
+    token, instead of Ray's minutes of GCS retries on the console. Joins nothing, so
+    --dry-run uses it too."""
     named = address
     if address == "auto":
         address = _auto_address()

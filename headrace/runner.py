@@ -144,7 +144,7 @@ def run(
         timings["commit_s"] = time.perf_counter() - mark
         timings["total_s"] = time.perf_counter() - started
         manifest = build_manifest(
-            pipeline=pipeline, engine=engine, run_id=run_id, ds=ds, started_at=started_at, config=_recordable(config),
+            pipeline=pipeline, engine=engine, run_id=run_id, ds=ds, started_at=started_at, config=recordable_config(config),
             placements=placements, cluster=cluster, utilisation=utilisation, nodes=nodes, timeline=timeline, input_sizes=input_sizes,
             quarantine_causes=commit.quarantine_causes(parts), timings=timings, resumed=resumed,
             processed=todo.num_rows, gate=gate, counts=counts, files=files.files,
@@ -223,7 +223,7 @@ def _storage_environment(options: str | None) -> dict[str, str]:
     return env
 
 
-def _recordable(config: dict[str, Any] | None) -> dict[str, Any]:
+def recordable_config(config: dict[str, Any] | None) -> dict[str, Any]:
     """The run's settings as the manifest may hold them: storage options without values."""
     config = dict(config or {})
     key = f"{ENGINE_PREFIX}storage_options"
