@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import logging
@@ -13,40 +14,49 @@ import traceback
 import click
 
 from headrace import config as conf_mod
-from headrace import loader
+from headrace import loader, native_stderr
 from headrace.errors import ConfigError, HeadraceError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_QUALITY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def _exits(command):
-    """Map exceptions to DESIGN.md's exit codes with a one-line message."""
+    """Exit codes and messages (_reported), with Ray's native noise kept off stderr."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         verbose = kwargs.get("verbose", False)
-        try:
-            return command(*args, **kwargs)
-        except HeadraceError as exc:
-            click.echo(f"headrace: error: {exc}", err=True)
-            detail = getattr(exc, "detail", "")
-            if detail:
-                click.echo("  " + detail.rstrip().replace("\n", "\n  "), err=True)
-            if exc.exit_code == EXIT_FAILED:
-                click.echo("headrace: nothing was published; the previous partition is unchanged", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("headrace: interrupted; nothing was published", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        except Exception as exc:  # noqa: BLE001 - the last line of defence prints and exits 1
-            if verbose:
-                traceback.print_exc()
-            message = str(exc).strip().splitlines()
-            click.echo(f"headrace: failed: {type(exc).__name__}: {message[-1] if message else ''}", err=True)
-            click.echo("headrace: nothing was published; the previous partition is unchanged", err=True)
-            sys.exit(EXIT_FAILED)
+        # Commands that may start Ray: its native noise is for --verbose (headrace.native_stderr).
+        quiet = native_stderr.filtered() if "verbose" in kwargs and not verbose else contextlib.nullcontext()
+        with quiet:
+            return _reported(command, args, kwargs)
 
     return wrapper
+
+
+def _reported(command, args, kwargs):
+    """Run a command; map exceptions to DESIGN.md's exit codes with a one-line message."""
+    verbose = kwargs.get("verbose", False)
+    try:
+        return command(*args, **kwargs)
+    except HeadraceError as exc:
+        click.echo(f"headrace: error: {exc}", err=True)
+        detail = getattr(exc, "detail", "")
+        if detail:
+            click.echo("  " + detail.rstrip().replace("\n", "\n  "), err=True)
+        if exc.exit_code == EXIT_FAILED:
+            click.echo("headrace: nothing was published; the previous partition is unchanged", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("headrace: interrupted; nothing was published", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence prints and exits 1
+        if verbose:
+            traceback.print_exc()
+        message = str(exc).strip().splitlines()
+        click.echo(f"headrace: failed: {type(exc).__name__}: {message[-1] if message else ''}", err=True)
+        click.echo("headrace: nothing was published; the previous partition is unchanged", err=True)
+        sys.exit(EXIT_FAILED)
 
 
 def _logging(verbose: bool) -> None:

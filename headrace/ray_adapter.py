@@ -66,6 +66,11 @@ def connect(
                 include_dashboard=False,
                 logging_level=logging.WARNING,
                 log_to_driver=True,
+                # Ray retires idle pooled workers mid-run; that exit path rarely aborts in
+                # Ray's C++ teardown (absl "Mutex corrupt" / "UnlockSlow is confused",
+                # SIGABRT) and prints a crash for a worker that had finished. A local Ray
+                # lives for one run: keep its workers until ray.shutdown instead.
+                _system_config={"kill_idle_workers_interval_ms": 0},
             )
         else:
             check_master(master.address)
