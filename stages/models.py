@@ -15,10 +15,17 @@ from stages.text import default_model_path
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # oneDNN (torch's CPU kernels) keeps a compiled primitive per distinct tensor shape, 1,024
-# by default. Batches of varying length make new shapes all night, so a CPU model actor
-# grew by hundreds of MiB over a long run; 8 entries kept it flat, at the same speed
-# (benchmarks/RESULTS.md). An ONEDNN_PRIMITIVE_CACHE_CAPACITY already set is kept.
-ONEDNN_PRIMITIVE_CACHE = 8
+# by default. Batches of every length make new shapes all night, so a CPU model actor grew
+# by hundreds of MiB over a long run, while a cache of 8 lost about a tenth of the speed to
+# recompiling. Padding lengths up to a few bucket sizes (``bucket``) keeps the shapes a
+# model sees few, and this cache holds them (benchmarks/RESULTS.md). An
+# ONEDNN_PRIMITIVE_CACHE_CAPACITY already set is kept.
+ONEDNN_PRIMITIVE_CACHE = 64
+# Micro-batch size on a GPU: a token budget from the memory free when the actor starts,
+# at this many bytes of activations per padded token (generous for encoder models up to
+# BERT-large size), within these bounds.
+GPU_BYTES_PER_TOKEN = 64 * 1024
+GPU_BATCH_TOKENS = (16_384, 262_144)
 
 
 class TorchModel(Stage):
@@ -29,19 +36,23 @@ class TorchModel(Stage):
     ``shapes[column]`` per row when given. ``forward(model, **tensors)`` returns a tensor
     (the single column in ``adds``) or a dict of tensors by column; 2-D results become
     fixed-size lists. Rows of similar length share a padded forward pass of at most
-    ``max_batch_tokens`` tokens, so padding does not dominate compute; output order is
-    the input order.
+    ``max_batch_tokens`` tokens (on a GPU: sized from its free memory unless set), padded
+    up to a bucket length so the model sees few distinct shapes; output order is the
+    input order. ``max_length`` caps the padded length (the model's position limit).
 
-    On a GPU the stage runs under ``inference_mode`` with optional autocast, copies from
-    pinned host memory without blocking, and copies the next micro-batch while the
-    current one runs. Time spent in forward passes is reported to the run as ``forward_s``.
+    On a GPU the stage runs under ``inference_mode`` with autocast, copies from pinned
+    host memory without blocking, copies the next micro-batch while the current one runs,
+    times forward passes with CUDA events and copies results back once per batch, so
+    nothing waits for the GPU in between. Time spent in forward passes is reported to the
+    run as ``forward_s``.
     """
 
     gpus = 1.0
     batch_size = 64
     shapes: dict[str, tuple[int, ...]] = {}
-    max_batch_tokens: int = 4096
-    precision: str = "auto"  # auto: bf16 on AMX CPUs, fp32 elsewhere; or fp32 / bf16 / fp16
+    max_batch_tokens: int | None = None  # None: 4,096 on CPU, from free memory on a GPU
+    max_length: int | None = None
+    precision: str = "auto"  # auto: see auto_precision(); or fp32 / bf16 / fp16
     length_grouping: bool = True
 
     def load(self) -> Any:
@@ -64,34 +75,42 @@ class TorchModel(Stage):
         self._cuda = self._device.startswith("cuda")
         self._model = self.load().to(self._device).eval()
         self._autocast = autocast_dtype(self.precision, self._device)
+        self._tokens = self.max_batch_tokens or (gpu_batch_tokens(self._device) if self._cuda else 4096)
 
     def process(self, batch: pa.Table) -> pa.Table:
         import torch
 
         groups = self._groups(batch)
-        outputs: dict[str, np.ndarray] = {}
+        results: dict[str, list] = {}
         with torch.inference_mode():
-            for rows, result in zip(groups, self._run(batch, groups)):
+            for result in self._run(batch, groups):
                 if not isinstance(result, dict):
                     result = {next(iter(self.adds)): result}
                 for name, values in result.items():
-                    values = values.float().cpu().numpy() if values.is_floating_point() else values.cpu().numpy()
-                    if name not in outputs:
-                        outputs[name] = np.empty((batch.num_rows, *values.shape[1:]), values.dtype)
-                    outputs[name][rows] = values
+                    results.setdefault(name, []).append(values.float() if values.is_floating_point() else values)
+        order = np.concatenate(groups) if groups else np.empty(0, np.int64)
         table = batch.drop_columns([c for c in self.drops if c in batch.column_names])
-        for name, values in outputs.items():
-            column = fixed_size_list(values.reshape(len(values), -1)) if values.ndim > 1 else pa.array(values)
+        for name, parts in results.items():
+            values = torch.cat(parts).cpu().numpy()  # one copy back per batch
+            restored = np.empty_like(values)
+            restored[order] = values
+            column = fixed_size_list(restored.reshape(len(restored), -1)) if restored.ndim > 1 else pa.array(restored)
             table = table.append_column(name, column)
         return table
 
     def _groups(self, batch: pa.Table) -> list[np.ndarray]:
         variable = [c for c in self.needs if pa.types.is_list(batch.schema.field(c).type)]
-        if not variable or not self.length_grouping:
-            size = max(1, self.max_batch_tokens // max(1, _row_width(batch, variable)))
+        if not variable:
+            size = max(1, self._tokens)
             return [np.arange(i, min(i + size, batch.num_rows)) for i in range(0, batch.num_rows, size)]
         lengths = pc.list_value_length(batch.column(variable[0])).to_numpy(zero_copy_only=False)
-        return length_groups(lengths, self.max_batch_tokens)
+        if not self.length_grouping:
+            size = max(1, self._tokens // self._width(int(lengths.max(initial=1))))
+            return [np.arange(i, min(i + size, batch.num_rows)) for i in range(0, batch.num_rows, size)]
+        return length_groups(np.array([self._width(int(n)) for n in lengths], np.int64), self._tokens)
+
+    def _width(self, length: int) -> int:
+        return bucket(length, self.max_length)
 
     def _host_tensors(self, batch: pa.Table, rows: np.ndarray) -> dict[str, Any]:
         import torch
@@ -101,7 +120,8 @@ class TorchModel(Stage):
         for name in self.needs:
             column = subset.column(name)
             if pa.types.is_list(column.type):
-                ids, mask = pad(column)
+                longest = int(pc.max(pc.list_value_length(column)).as_py() or 1)
+                ids, mask = pad(column, self._width(longest))
                 tensors[name], tensors["attention_mask"] = torch.from_numpy(ids), torch.from_numpy(mask)
             else:
                 width = column.type.list_size if pa.types.is_fixed_size_list(column.type) else None
@@ -126,6 +146,7 @@ class TorchModel(Stage):
             with torch.cuda.stream(stream):
                 return {k: v.to(self._device, non_blocking=True) for k, v in host.items()}
 
+        events = []
         upcoming = to_device(groups[0]) if groups else None
         for index in range(len(groups)):
             current = upcoming
@@ -135,12 +156,20 @@ class TorchModel(Stage):
                     tensor.record_stream(torch.cuda.current_stream())
             upcoming = to_device(groups[index + 1]) if index + 1 < len(groups) else None
             started = time.perf_counter()
+            if self._cuda:
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
             with torch.autocast(self._device.split(":")[0], dtype=self._autocast or torch.float32, enabled=self._autocast is not None):
                 result = self.forward(self._model, **current)
             if self._cuda:
-                torch.cuda.current_stream().synchronize()
-            self._context.add_time("forward_s", time.perf_counter() - started)
+                end.record()
+                events.append((begin, end))
+            else:
+                self._context.add_time("forward_s", time.perf_counter() - started)
             yield result
+        if events:  # the GPU's own clock, read once the batch is done
+            events[-1][1].synchronize()
+            self._context.add_time("forward_s", sum(b.elapsed_time(e) for b, e in events) / 1000)
 
 
 class EmbedText(TorchModel):
@@ -171,7 +200,9 @@ class EmbedText(TorchModel):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        return AutoModel.from_pretrained(model_folder(self.model_path))
+        model = AutoModel.from_pretrained(model_folder(self.model_path))
+        self.max_length = self.max_length or getattr(model.config, "max_position_embeddings", None)
+        return model
 
     def forward(self, model, input_ids, attention_mask):
         import torch
@@ -202,24 +233,40 @@ def check_precision(precision: str) -> str:
 
 
 def autocast_dtype(precision: str, device: str):
-    """The autocast dtype for ``precision`` on ``device``, or None for plain fp32.
-
-    ``auto`` uses bf16 on CPUs with AMX (where it is about three times faster and the
-    embeddings stay within cosine 0.9999 of fp32) and fp32 everywhere else.
-    """
+    """The autocast dtype for ``precision`` on ``device``, or None for plain fp32."""
     import torch
 
     if precision == "auto":
-        precision = "bf16" if device == "cpu" and cpu_has_amx() else "fp32"
+        precision = auto_precision(device)
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def cpu_has_amx() -> bool:
+def auto_precision(device: str, cpu_flags: frozenset[str] | None = None, cuda_bf16: bool | None = None) -> str:
+    """What ``precision="auto"`` runs: the fastest arithmetic the hardware does natively
+    whose embeddings stay within cosine 0.9999 of fp32 (tests/test_precision.py).
+
+    CPU: bf16 autocast where the CPU computes in bf16 (AMX, or AVX-512 BF16's dot
+    products; 1.7x to 3x over fp32 for all-MiniLM-L6-v2), fp32 elsewhere, where bf16 is
+    emulated and slower. GPU: bf16 where the card supports it (Ampere and later), fp16
+    otherwise.
+    """
+    if device.startswith("cuda"):
+        if cuda_bf16 is None:
+            import torch
+
+            cuda_bf16 = torch.cuda.is_bf16_supported()
+        return "bf16" if cuda_bf16 else "fp16"
+    flags = cpu_flags if cpu_flags is not None else _cpu_flags()
+    return "bf16" if flags & {"amx_bf16", "avx512_bf16"} else "fp32"
+
+
+def _cpu_flags() -> frozenset[str]:
     try:
         with open("/proc/cpuinfo") as handle:
-            return any(line.startswith("flags") and "amx_bf16" in line for line in handle)
+            line = next((l for l in handle if l.startswith("flags")), "")
     except OSError:
-        return False
+        return frozenset()
+    return frozenset(line.partition(":")[2].split())
 
 
 def length_groups(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
@@ -236,21 +283,32 @@ def length_groups(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
     return groups
 
 
-def pad(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """A list<int> column as a right-padded int64 matrix and its attention mask."""
-    array = column.combine_chunks()
+def bucket(length: int, limit: int | None = None) -> int:
+    """``length`` rounded up to a bucket: multiples of 16 up to 128, of 32 up to 256, of
+    64 up to 512, ... (at most a quarter of padding, about 4 buckets per doubling),
+    never beyond ``limit``."""
+    step = 1 << max(4, int(length).bit_length() - 3)
+    width = max(step, -(-int(length) // step) * step)
+    return min(width, max(int(length), limit)) if limit else width
+
+
+def gpu_batch_tokens(device: str) -> int:
+    """A micro-batch token budget from the GPU memory free now."""
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    low, high = GPU_BATCH_TOKENS
+    return int(min(high, max(low, free // GPU_BYTES_PER_TOKEN)))
+
+
+def pad(column: pa.ChunkedArray | pa.Array, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A list<int> column as a right-padded int64 matrix of ``width`` columns (default: the
+    longest row) and its attention mask; vectorised, no per-row Python."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     offsets = array.offsets.to_numpy()
-    values = array.values.to_numpy().astype(np.int64)
     lengths = np.diff(offsets)
-    ids = np.zeros((len(lengths), int(lengths.max(initial=1))), np.int64)
-    mask = np.zeros_like(ids)
-    for row, (start, length) in enumerate(zip(offsets[:-1], lengths)):
-        ids[row, :length] = values[start : start + length]
-        mask[row, :length] = 1
-    return ids, mask
-
-
-def _row_width(batch: pa.Table, variable: list[str]) -> int:
-    if variable:
-        return int(pc.max(pc.list_value_length(batch.column(variable[0]))).as_py() or 1)
-    return 1
+    width = max(int(lengths.max(initial=1)), width or 1)
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    ids = np.zeros(mask.shape, np.int64)
+    ids[mask] = array.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+    return ids, mask.astype(np.int64)
