@@ -290,8 +290,9 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
     blocks = [records.slice(i, step) for i in range(0, records.num_rows, step)]
     dataset = ray.data.from_arrow(blocks)
     for (stage, schema), placement in zip(pipeline.stage_schemas(), placements):
+        on_gpu = placement.device == "cuda" and stage.gpu_batch_size
         common = dict(
-            batch_size=stage.batch_size,
+            batch_size=stage.gpu_batch_size if on_gpu else stage.batch_size,
             batch_format="pyarrow",
             num_cpus=placement.cpus,
             memory=stage.memory,

@@ -52,6 +52,7 @@ class Stage:
     adds: dict[str, pa.DataType] = {}  # columns written (new or replaced), with types
     drops: tuple[str, ...] = ()  # columns removed after this stage
     batch_size: int | None = 64
+    gpu_batch_size: int | None = None  # rows per batch where the stage runs on a GPU; None: batch_size
     cpus: float = 1.0
     gpus: float = 0.0  # whole, fractional (0.5 = two actors per GPU) or several
     memory: int | None = None  # bytes of heap to reserve per task or actor

@@ -24,6 +24,7 @@ def pipeline(
     max_tokens: int = 256,
     max_chunks: int = 10_000,
     embed_batch_size: int = 64,
+    embed_gpu_batch_size: int = 1024,
     embed_gpus: float = 1.0,
     embed_precision: str = "auto",
     embed_length_grouping: bool = True,
@@ -41,7 +42,8 @@ def pipeline(
             HtmlToText(),
             ChunkText(tokenizer=model, max_tokens=max_tokens, max_chunks=max_chunks),
             EmbedText(model=model, precision=embed_precision).with_(
-                batch_size=embed_batch_size, gpus=embed_gpus, length_grouping=embed_length_grouping
+                batch_size=embed_batch_size, gpu_batch_size=embed_gpu_batch_size, gpus=embed_gpus,
+                length_grouping=embed_length_grouping,
             ),
         ],
         schema=doc_embeddings_schema(),

@@ -120,6 +120,7 @@ class EmbedImages(TorchModel):
 
     needs = ("pixel_values",)
     drops = ("pixel_values",)
+    gpu_batch_size = 256  # 256 images of 3x224x224 float32 are 150 MB per Ray batch
 
     def __init__(self, model: str, shape: tuple[int, ...], precision: str = "auto", normalize: bool = True):
         from transformers import AutoConfig

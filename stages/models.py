@@ -39,6 +39,7 @@ class TorchModel(Stage):
     ``max_batch_tokens`` tokens (on a GPU: sized from its free memory unless set), padded
     up to a bucket length so the model sees few distinct shapes; output order is the
     input order. ``max_length`` caps the padded length (the model's position limit).
+    Where the stage runs on a GPU, Ray batches are ``gpu_batch_size`` rows (1,024).
 
     On a GPU the stage runs under ``inference_mode`` with autocast, copies from pinned
     host memory without blocking, copies the next micro-batch while the current one runs,
@@ -49,6 +50,7 @@ class TorchModel(Stage):
 
     gpus = 1.0
     batch_size = 64
+    gpu_batch_size = 1024  # a GPU wants many rows per call; CPU actors keep batches small
     shapes: dict[str, tuple[int, ...]] = {}
     max_batch_tokens: int | None = None  # None: 4,096 on CPU, from free memory on a GPU
     max_length: int | None = None

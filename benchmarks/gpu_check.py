@@ -1,0 +1,200 @@
+"""The GPU check, in one command (about 3 minutes on one GPU):
+
+    python benchmarks/gpu_check.py [--rows 20000] [--docs 1000] [--no-record]
+
+1. The EmbedText stage against a bare torch loop over the same pre-tokenised batches on
+   the GPU (the stage's own micro-batches, its precision, already padded: the loop does
+   nothing but copy and forward), in this process: rows/s of each, the ratio (target
+   >= 0.9x), the GPU's busy share sampled every 50 ms by NVML while the stage runs (target
+   >= 90%), and peak GPU memory.
+2. The doc-embeddings job end to end with ``--require-gpu`` on the demo corpus, whole
+   process: wall time, rows, the model actors' forward share, GPU busy share and the peak
+   memory NVML saw on the card.
+
+Prints the numbers and appends them to benchmarks/RESULTS.md with the card's name. Exits 2
+where there is no CUDA device (nothing to check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+WORK = os.path.join(HERE, "work")
+sys.path[:0] = [ROOT, HERE]
+
+
+class Sampler:
+    """GPU busy share and memory used, sampled in a thread: by NVML (nvidia-smi's source)
+    where pynvml is installed, else by ``nvidia-smi --loop-ms``."""
+
+    def __init__(self, every_s: float = 0.05):
+        self.every_s, self.busy, self.memory = every_s, [], []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        index = int((os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0])
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            while not self._stop.wait(self.every_s):
+                self.busy.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+                self.memory.append(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+        except ImportError:
+            smi = subprocess.Popen(
+                ["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
+                 f"--loop-ms={int(self.every_s * 1000)}"], stdout=subprocess.PIPE, text=True)
+            threading.Thread(target=lambda: (self._stop.wait(), smi.terminate()), daemon=True).start()
+            for line in smi.stdout:
+                busy, used = (float(v) for v in line.split(","))
+                self.busy.append(busy)
+                self.memory.append(used * 2**20)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def busy_share(self) -> float:
+        return sum(self.busy) / len(self.busy) / 100 if self.busy else 0.0
+
+
+def card() -> str:
+    import torch
+
+    properties = torch.cuda.get_device_properties(0)
+    return f"{properties.name}, {properties.total_memory / 2**30:.0f} GiB"
+
+
+def chunk_batches(rows: int, batch_rows: int):
+    """Real chunk lengths (the demo corpus's), repeated up to ``rows``, as Arrow batches."""
+    import pyarrow as pa
+
+    from model_stage import corpus_chunks
+
+    table = corpus_chunks(10**9)
+    table = pa.concat_tables([table] * (-(-rows // table.num_rows))).slice(0, rows).combine_chunks()
+    return [table.slice(i, batch_rows) for i in range(0, rows, batch_rows)]
+
+
+def stage_vs_bare(rows: int) -> dict:
+    import torch
+
+    from headrace import StageContext
+    from stages.models import EmbedText
+
+    stage = EmbedText()
+    stage.setup(StageContext(device="cuda", threads=1))
+    batches = chunk_batches(rows, stage.gpu_batch_size or stage.batch_size)
+    for batch in batches[:2]:  # warm-up: kernels, allocator
+        stage.process(batch)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    with Sampler() as sampler:
+        started = time.perf_counter()
+        for batch in batches:
+            stage.process(batch)
+        torch.cuda.synchronize()
+        stage_s = time.perf_counter() - started
+    # The bare loop: the same micro-batches, padded beforehand, copied and run back to back.
+    ready = []
+    for batch in batches:
+        for rows_ in stage._groups(batch):
+            ready.append(stage._host_tensors(batch, rows_))
+    model, dtype = stage._model, stage._autocast
+    with torch.inference_mode(), torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for tensors in ready:
+            on_device = {k: v.to("cuda", non_blocking=True) for k, v in tensors.items()}
+            stage.forward(model, **on_device)["embedding"].float()
+        torch.cuda.synchronize()
+        bare_s = time.perf_counter() - started
+    return {
+        "rows": rows, "batch_rows": len(batches[0]) if batches else 0, "precision": str(dtype),
+        "micro_batch_tokens": stage._tokens,
+        "stage_rows_s": rows / stage_s, "bare_rows_s": rows / bare_s, "ratio": bare_s / stage_s,
+        "busy": sampler.busy_share(), "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
+
+
+def end_to_end(docs: int) -> dict:
+    corpus = os.path.join(WORK, f"corpus-{docs}")
+    if not os.path.isdir(corpus):
+        from pipelines.demo_data import write_documents
+
+        write_documents(corpus, count=docs, seed=2026)
+    output, report = os.path.join(WORK, "out-gpu"), os.path.join(WORK, "report-gpu.json")
+    subprocess.run(["rm", "-rf", output], check=True)
+    command = [sys.executable, "-m", "headrace.cli", "submit", "pipelines/doc_embeddings.py", "--ds", "2026-01-01",
+               "--require-gpu", "--conf", f"input={corpus}", "--conf", f"output={output}",
+               "--conf", "headrace.progress=false", "--report", report]
+    with Sampler(every_s=0.1) as sampler:
+        started = time.perf_counter()
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                                env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+        wall = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"doc-embeddings --require-gpu failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    manifest = json.load(open(report))
+    embed = manifest["utilisation"]["EmbedText"]
+    return {
+        "docs": docs, "wall_s": wall, "rows": manifest["counts"]["output"], "forward": embed["forward_fraction"],
+        "busy": sampler.busy_share(), "peak_gib": max(sampler.memory, default=0) / 2**30,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=20000)
+    parser.add_argument("--docs", type=int, default=1000)
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here; nothing to check", file=sys.stderr)
+        sys.exit(2)
+    name = card()
+    print(f"card: {name}", flush=True)
+    stage = stage_vs_bare(args.rows)
+    print("stage vs bare:", json.dumps(stage), flush=True)
+    job = end_to_end(args.docs)
+    print("doc-embeddings --require-gpu:", json.dumps(job), flush=True)
+    lines = [
+        f"### GPU check — {dt.date.today().isoformat()}",
+        "",
+        f"Card: {name}. Command: `python benchmarks/gpu_check.py --rows {args.rows} --docs {args.docs}`.",
+        "",
+        "| check | rows/s | vs bare loop | GPU busy | peak GPU memory |",
+        "|---|---:|---:|---:|---:|",
+        f"| bare torch loop, same pre-padded micro-batches ({stage['precision']}) | {stage['bare_rows_s']:.0f} | 1.00x | - | - |",
+        f"| EmbedText stage, {stage['batch_rows']}-row batches, {stage['micro_batch_tokens']:,}-token micro-batches | "
+        f"{stage['stage_rows_s']:.0f} | {stage['ratio']:.2f}x | {stage['busy']:.0%} | {stage['peak_gib']:.2f} GiB |",
+        f"| doc-embeddings --require-gpu, {job['docs']} docs, whole process {job['wall_s']:.1f} s "
+        f"(forward {job['forward']:.0%} of actor time) | {job['rows'] / job['wall_s']:.0f} | - | {job['busy']:.0%} | "
+        f"{job['peak_gib']:.2f} GiB (card) |",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_record:
+        with open(os.path.join(HERE, "RESULTS.md"), "a") as handle:
+            handle.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

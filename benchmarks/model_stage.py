@@ -1,0 +1,185 @@
+"""Benchmark: the EmbedText stage against the bare model, in headrace's CPU process layout.
+
+    python benchmarks/model_stage.py [--rows 1024] [--no-record]
+
+Two length mixes: the demo corpus's chunks (benchmarks/work/corpus-1000, the
+doc-embeddings benchmark's corpus, 73% full 256-token chunks) in the order the job meets
+them, and records of every length from 8 to 256 tokens (log-normal); as 64-row batches dealt alternately to one-thread processes, one per core, started side
+by side (how headrace runs CPU model actors). Rows/s counts from model loaded to last
+batch done, all processes together. Per precision (fp32, bf16 autocast):
+
+- bare model: plain torch over the same batches, each sorted by length and cut into
+  micro-batches of at most 4,096 padded tokens, padded exactly; oneDNN's default cache;
+- stage: ``EmbedText.process`` on the same batches as Arrow tables (headrace's default);
+- stage as before: the same with exact-length padding and an 8-entry oneDNN cache
+  (headrace before length buckets).
+
+Appends a table to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import multiprocessing
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+WORK = os.path.join(HERE, "work")
+BATCH = 64
+
+
+def mixed_chunks(rows: int):
+    """Records of every length, 8..256 tokens (log-normal, median 45): many shapes."""
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(7)
+    lengths = np.minimum(256, np.maximum(8, rng.lognormal(3.8, 0.8, rows).astype(int)))
+    ids = [[101, *rng.integers(1000, 20000, n - 2).tolist(), 102] for n in lengths]
+    return pa.table({"input_ids": pa.array(ids, pa.list_(pa.int32()))})
+
+
+def chunks(mix: str, rows: int):
+    return corpus_chunks(rows) if mix == "demo" else mixed_chunks(rows)
+
+
+def corpus_chunks(rows: int):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cache = os.path.join(WORK, "chunks-1000.parquet")
+    if not os.path.exists(cache):
+        from baselines import chunk, list_files, to_text
+
+        corpus = os.path.join(WORK, "corpus-1000")
+        if not os.path.isdir(corpus):
+            from pipelines.demo_data import write_documents
+
+            write_documents(corpus, count=1000, seed=2026)
+        paths, texts = [], []
+        for path in list_files(corpus):
+            with open(path, "rb") as handle:
+                text = to_text(path, handle.read())
+            if text is not None:
+                paths.append(path)
+                texts.append(text)
+        pq.write_table(chunk(paths, texts).select(["input_ids"]), cache)
+    table = pq.read_table(cache)
+    return table.slice(0, min(rows, table.num_rows)).combine_chunks()
+
+
+def bare(batches, precision):
+    import numpy as np
+    import pyarrow.compute as pc
+    import torch
+
+    from baselines import load_model
+    from stages.models import length_groups, pad
+
+    model = load_model(1)
+    started = time.perf_counter()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        for batch in batches:
+            column = batch.column("input_ids")
+            lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+            out = np.empty((batch.num_rows, 384), np.float32)
+            for rows in length_groups(lengths, 4096):
+                ids, mask = pad(column.take(rows))
+                attention = torch.from_numpy(mask)
+                hidden = model(input_ids=torch.from_numpy(ids), attention_mask=attention).last_hidden_state.float()
+                weights = attention.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+                out[rows] = torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
+    return time.perf_counter() - started
+
+
+def stage(batches, precision, exact=False):
+    from headrace import StageContext
+    from stages.models import EmbedText
+
+    embed = EmbedText(precision=precision)
+    if exact:
+        embed._width = lambda length: length
+    embed.setup(StageContext(device="cpu", threads=1))
+    started = time.perf_counter()
+    for batch in batches:
+        embed.process(batch)
+    return time.perf_counter() - started
+
+
+def _child(variant, precision, mix, rows, index, processes, queue):
+    if variant == "stage-before":
+        os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "8"
+    elif variant == "bare":
+        os.environ.pop("ONEDNN_PRIMITIVE_CACHE_CAPACITY", None)
+    sys.path[:0] = [ROOT, HERE]
+    table = chunks(mix, rows)
+    batches = [table.slice(i, BATCH) for i in range(index * BATCH, table.num_rows, processes * BATCH)]
+    count = sum(b.num_rows for b in batches)
+    if variant == "bare":
+        seconds = bare(batches, precision)
+    else:
+        seconds = stage(batches, precision, exact=variant == "stage-before")
+    queue.put((count, seconds))
+
+
+def run(variant: str, precision: str, mix: str, rows: int, processes: int) -> float:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    workers = [context.Process(target=_child, args=(variant, precision, mix, rows, i, processes, queue))
+               for i in range(processes)]
+    for worker in workers:
+        worker.start()
+    results = [queue.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    return sum(count for count, _ in results) / max(seconds for _, seconds in results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1024)
+    parser.add_argument("--mix", choices=["demo", "short"], action="append",
+                        help="demo: the demo corpus's chunks; short: records of 8..256 tokens (default: both)")
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    sys.path[:0] = [ROOT, HERE]
+    from doc_embeddings import machine
+
+    import pyarrow.compute as pc
+
+    processes = os.cpu_count() or 1
+    lines = [
+        f"### EmbedText stage vs the bare model — {dt.date.today().isoformat()}",
+        "",
+        f"Machine: {machine()}. Command: `python benchmarks/model_stage.py --rows {args.rows}`. "
+        f"{processes} one-thread processes side by side, rows/s from model loaded to last batch.",
+        "",
+        "| rows | precision | bare model rows/s | stage rows/s | stage / bare | stage before buckets rows/s | before / bare |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for mix in args.mix or ["demo", "short"]:
+        table = chunks(mix, args.rows)
+        lengths = pc.list_value_length(table.column("input_ids"))
+        full = pc.sum(pc.equal(lengths, 256)).as_py() / table.num_rows
+        label = (f"{table.num_rows} demo-corpus chunks ({full:.0%} full)" if mix == "demo" else
+                 f"{table.num_rows} records of 8..256 tokens (median {int(pc.approximate_median(lengths).as_py())})")
+        for precision in ("fp32", "bf16"):
+            speeds = {v: run(v, precision, mix, args.rows, processes) for v in ("bare", "stage", "stage-before")}
+            print(mix, precision, {k: round(v, 1) for k, v in speeds.items()}, flush=True)
+            lines.append(f"| {label} | {precision} | {speeds['bare']:.1f} | {speeds['stage']:.1f} | "
+                         f"{speeds['stage'] / speeds['bare']:.2f}x | {speeds['stage-before']:.1f} | "
+                         f"{speeds['stage-before'] / speeds['bare']:.2f}x |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_record:
+        with open(os.path.join(HERE, "RESULTS.md"), "a") as handle:
+            handle.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
