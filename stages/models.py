@@ -16,11 +16,13 @@ from stages.text import default_model_path
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # oneDNN (torch's CPU kernels) keeps a compiled primitive per distinct tensor shape, 1,024
 # by default. Batches of every length make new shapes all night, so a CPU model actor grew
-# by hundreds of MiB over a long run, while a cache of 8 lost about a tenth of the speed to
-# recompiling. Padding lengths up to a few bucket sizes (``bucket``) keeps the shapes a
-# model sees few, and this cache holds them (benchmarks/RESULTS.md). An
-# ONEDNN_PRIMITIVE_CACHE_CAPACITY already set is kept.
-ONEDNN_PRIMITIVE_CACHE = 64
+# by hundreds of MiB over a long run; 8 entries keep it flat. Measured against the bare
+# model with the default cache (benchmarks/model_stage.py, RESULTS.md), exact lengths with
+# 8 entries ran at 0.97x to 1.03x, while padding to bucket lengths (``pad_to_buckets``,
+# with 64 entries) lost 2% to 8% to the padding. An ONEDNN_PRIMITIVE_CACHE_CAPACITY
+# already set is kept.
+ONEDNN_PRIMITIVE_CACHE = 8
+BUCKET_PRIMITIVE_CACHE = 64
 # Micro-batch size on a GPU: a token budget from the memory free when the actor starts,
 # at this many bytes of activations per padded token (generous for encoder models up to
 # BERT-large size), within these bounds.
@@ -36,9 +38,10 @@ class TorchModel(Stage):
     ``shapes[column]`` per row when given. ``forward(model, **tensors)`` returns a tensor
     (the single column in ``adds``) or a dict of tensors by column; 2-D results become
     fixed-size lists. Rows of similar length share a padded forward pass of at most
-    ``max_batch_tokens`` tokens (on a GPU: sized from its free memory unless set), padded
-    up to a bucket length so the model sees few distinct shapes; output order is the
-    input order. ``max_length`` caps the padded length (the model's position limit).
+    ``max_batch_tokens`` tokens (on a GPU: sized from its free memory unless set); output
+    order is the input order. ``pad_to_buckets`` pads lengths up to a dozen bucket sizes so
+    the model sees few distinct shapes (for kernels that compile per shape), never beyond
+    ``max_length`` (the model's position limit).
     Where the stage runs on a GPU, Ray batches are ``gpu_batch_size`` rows (1,024).
 
     On a GPU the stage runs under ``inference_mode`` with autocast, copies from pinned
@@ -54,6 +57,7 @@ class TorchModel(Stage):
     shapes: dict[str, tuple[int, ...]] = {}
     max_batch_tokens: int | None = None  # None: 4,096 on CPU, from free memory on a GPU
     max_length: int | None = None
+    pad_to_buckets: bool = False
     precision: str = "auto"  # auto: see auto_precision(); or fp32 / bf16 / fp16
     length_grouping: bool = True
 
@@ -66,7 +70,8 @@ class TorchModel(Stage):
     # -- machinery -------------------------------------------------------------
 
     def setup(self, context: StageContext | None = None) -> None:
-        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_PRIMITIVE_CACHE))
+        cache = BUCKET_PRIMITIVE_CACHE if self.pad_to_buckets else ONEDNN_PRIMITIVE_CACHE
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(cache))
         import torch
 
         self._context = context or StageContext()
@@ -112,7 +117,7 @@ class TorchModel(Stage):
         return length_groups(np.array([self._width(int(n)) for n in lengths], np.int64), self._tokens)
 
     def _width(self, length: int) -> int:
-        return bucket(length, self.max_length)
+        return bucket(length, self.max_length) if self.pad_to_buckets else length
 
     def _host_tensors(self, batch: pa.Table, rows: np.ndarray) -> dict[str, Any]:
         import torch

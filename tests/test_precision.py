@@ -1,7 +1,8 @@
 """EmbedText's arithmetic: what precision="auto" picks on which hardware, and that every
 choice it can make stays within cosine 0.9999 of fp32 on real text (this README's
-paragraphs, chunked as the doc-embeddings job chunks them); padding to bucket lengths keeps
-the shapes a model sees few and changes no embedding. In-process, no Ray."""
+paragraphs, chunked as the doc-embeddings job chunks them); padding (to each group's
+longest row, or with pad_to_buckets to bucket lengths, which keeps the shapes few) changes
+no embedding. In-process, no Ray."""
 
 import os
 
@@ -44,9 +45,8 @@ class Recording(EmbedText):
 
 @pytest.fixture(scope="module")
 def reference(chunks):
-    """fp32, as the stage runs it by default: length-grouped, padded to bucket lengths."""
-    SHAPES.clear()
-    return embed(chunks, "fp32", Recording)
+    """fp32, as the stage runs it by default: length-grouped, padded to the longest row of each group."""
+    return embed(chunks, "fp32")
 
 
 @pytest.mark.parametrize(
@@ -74,7 +74,10 @@ def test_every_precision_auto_can_pick_stays_within_cosine_0_9999_of_fp32(chunks
 
 
 def test_bucket_padding_changes_no_embedding_and_bounds_the_shapes(chunks, reference):
+    SHAPES.clear()
+    bucketed = embed(chunks, "fp32", Recording, pad_to_buckets=True)
     buckets = {bucket(n) for n in range(1, 257)}
     assert len(buckets) <= 12 and {width for _, width in SHAPES} <= buckets
+    assert ((reference * bucketed).sum(axis=1)).min() >= 0.99999
     unpadded = embed(chunks, "fp32", length_grouping=False, max_batch_tokens=1)  # one row per pass: no padding
     assert ((reference * unpadded).sum(axis=1)).min() >= 0.99999
