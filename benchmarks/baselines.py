@@ -1,6 +1,7 @@
 """Baselines for benchmarks/doc_embeddings.py: the same work without headrace.
 
     python benchmarks/baselines.py loop   INPUT OUTPUT   # one process, torch on all cores
+    python benchmarks/baselines.py loop   INPUT OUTPUT --bf16   # the same in bf16 autocast
     python benchmarks/baselines.py raydata INPUT OUTPUT  # idiomatic hand-written Ray Data
 
 Both decode, extract visible text, chunk to 256 tokens and embed with all-MiniLM-L6-v2
@@ -22,6 +23,7 @@ from stages.text import ChunkText, DecodeText, default_model_path, visible_text
 
 EXTENSIONS = (".html", ".htm", ".md", ".txt")
 BATCH = 64
+BF16 = "--bf16" in sys.argv  # the loop in bf16 autocast, to compare headrace in the same precision
 
 
 def list_files(root: str) -> list[str]:
@@ -53,9 +55,9 @@ def embed(model, input_ids: pa.ChunkedArray) -> np.ndarray:
     import torch
 
     ids, mask = pad(input_ids)
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
         attention = torch.from_numpy(mask)
-        hidden = model(input_ids=torch.from_numpy(ids), attention_mask=attention).last_hidden_state
+        hidden = model(input_ids=torch.from_numpy(ids), attention_mask=attention).last_hidden_state.float()
         weights = attention.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
