@@ -222,9 +222,15 @@ def _counted(batch, fn, stage: str, ledger):
 
 
 @ray.remote(num_cpus=0)
-class _LedgerActor:
-    def __init__(self):
+class _RunBook:
+    """The run's bookkeeping in one actor (one process to start, not two): the Ledger of
+    what every task and actor did, and the one FailureWatch they all share."""
+
+    def __init__(self, limit: int):
         self.ledger = Ledger()
+        self.watch = FailureWatch(limit)
+
+    # -- the ledger --------------------------------------------------------------
 
     def record(self, call: Call) -> None:
         self.ledger.record(call)
@@ -238,13 +244,7 @@ class _LedgerActor:
     def summary(self) -> tuple[dict, list[dict]]:
         return self.ledger.summary(), self.ledger.node_summary()
 
-
-@ray.remote(num_cpus=0)
-class _WatchActor:
-    """The run's one FailureWatch, shared by every task and actor."""
-
-    def __init__(self, limit: int):
-        self.watch = FailureWatch(limit)
+    # -- the watch ---------------------------------------------------------------
 
     def failed(self, stage: str, error_type: str, message: str, traceback: str):
         return self.watch.failed(stage, error_type, message, traceback)
@@ -305,6 +305,10 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
             )
         else:
             low, high = placement.actors
+            # No more actors to start with than input blocks: where the stages before are
+            # fused into the pool, a block is one call (Ray warns of idle minimum actors);
+            # the pool still grows to ``high`` on a backlog.
+            low = max(1, min(low, len(blocks)))
             initial = stage.pool_initial()
             initial = min(max(initial, low), high) if initial is not None else None
             dataset = dataset.map_batches(
@@ -363,11 +367,10 @@ def execute(
     what ran on each node. Raises StageBroken when a stage fails systematically (see
     headrace.isolate).
     """
-    # The run's bookkeeping actors live beside the driver: losing a worker node must not
-    # lose them (losing the driver's node is what resume is for).
+    # The run's bookkeeping lives beside the driver: losing a worker node must not lose it
+    # (losing the driver's node is what resume is for).
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    ledger = _LedgerActor.options(scheduling_strategy=here).remote()
-    watch_actor = _WatchActor.options(scheduling_strategy=here).remote(broken_after)
+    ledger = watch_actor = _RunBook.options(scheduling_strategy=here).remote(broken_after)
     sink = StagedParquetDatasink(writer, pipeline.sink.rows_per_file, ledger)
     display, stop, timeline = None, threading.Event(), Timeline()
     if progress_every_s is not None:
@@ -401,7 +404,6 @@ def execute(
         if display is not None:
             display.close()
         ray.kill(ledger)
-        ray.kill(watch_actor)
     return sink.parts, utilisation, nodes, timeline.samples
 
 
