@@ -4,7 +4,8 @@
 
 Generates a corpus (headrace demo-data: short pages and long ones), then times, as whole
 processes including start-up: (a) a single-process loop with torch on all cores, in fp32
-and (a') in bf16 autocast, (b) an idiomatic hand-written Ray Data script, (c) `headrace
+and (a') in bf16 autocast, (a'') Daft's native runner with a class UDF (when the bench
+extra is installed, as `make bench` does), (b) an idiomatic hand-written Ray Data script, (c) `headrace
 submit pipelines/doc_embeddings.py` with its default precision (auto: bf16 where the CPU
 has native bf16), and (d) the same with embed_precision=fp32, the baselines' arithmetic.
 Appends docs/s and the ratios to benchmarks/RESULTS.md, with each headrace run also
@@ -64,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=1, help="runs of each; the best is reported")
-    parser.add_argument("--only", choices=["loop", "loop-bf16", "raydata", "headrace", "headrace-fp32", "headrace-nogroup"],
+    parser.add_argument("--only", choices=["loop", "loop-bf16", "raydata", "daft", "daft-bf16", "headrace", "headrace-fp32", "headrace-nogroup"],
                         action="append", help="default: all but headrace-nogroup")
     parser.add_argument("--no-record", action="store_true", help="print, do not append to RESULTS.md")
     args = parser.parse_args()
@@ -81,6 +82,8 @@ def main() -> None:
         "loop": [python, os.path.join(HERE, "baselines.py"), "loop", corpus, os.path.join(WORK, "out-loop")],
         "loop-bf16": [python, os.path.join(HERE, "baselines.py"), "loop", corpus, os.path.join(WORK, "out-loop"), "--bf16"],
         "raydata": [python, os.path.join(HERE, "baselines.py"), "raydata", corpus, os.path.join(WORK, "out-raydata")],
+        "daft": [python, os.path.join(HERE, "baselines.py"), "daft", corpus, os.path.join(WORK, "out-daft")],
+        "daft-bf16": [python, os.path.join(HERE, "baselines.py"), "daft", corpus, os.path.join(WORK, "out-daft"), "--bf16"],
         "headrace": [
             python, "-m", "headrace.cli", "submit", "pipelines/doc_embeddings.py", "--ds", "2026-01-01",
             "--conf", f"input={corpus}", "--conf", f"output={os.path.join(WORK, 'out-headrace')}",
@@ -94,7 +97,14 @@ def main() -> None:
     for name in ("headrace", "headrace-fp32", "headrace-nogroup"):
         commands[name] += ["--report", os.path.join(WORK, f"report-{name}.json")]
     times: dict[str, float] = {}
-    for name in args.only or [n for n in commands if n != "headrace-nogroup"]:
+    names = args.only or [n for n in commands if n != "headrace-nogroup"]
+    try:
+        import daft  # noqa: F401
+    except ImportError:
+        if any(n.startswith("daft") for n in names):
+            print("daft is not installed (pip install -e '.[bench]', as make bench does): skipping it", file=sys.stderr)
+            names = [n for n in names if not n.startswith("daft")]
+    for name in names:
         best = float("inf")
         for _ in range(args.repeat):
             shutil.rmtree(os.path.join(WORK, f"out-{name.split('-')[0]}"), ignore_errors=True)
@@ -111,8 +121,8 @@ def main() -> None:
         f"Machine: {machine()}. Command: `make bench` (`python benchmarks/doc_embeddings.py --docs {args.docs} --repeat {args.repeat}`).",
         "Whole-process wall time, start-up included; best of the repeats.",
         "",
-        "| run | wall s | docs/s | vs loop (fp32) | vs loop, same precision | vs hand-written Ray Data | EmbedText forward share of actor time |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| run | wall s | docs/s | vs loop (fp32) | vs loop, same precision | vs hand-written Ray Data | vs Daft, same precision | EmbedText forward share of actor time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     from stages.models import auto_precision
 
@@ -123,15 +133,20 @@ def main() -> None:
         vs_loop = f"{times['loop'] / seconds:.2f}x" if "loop" in times else "-"
         vs_same = f"{times[same[name]] / seconds:.2f}x" if same.get(name) in times else "-"
         vs_ray = f"{times['raydata'] / seconds:.2f}x" if "raydata" in times else "-"
+        peer = {"headrace": "daft-bf16" if auto == "bf16" else "daft", "headrace-fp32": "daft",
+                "headrace-nogroup": "daft-bf16" if auto == "bf16" else "daft"}.get(name, name if name.startswith("daft") else None)
+        vs_daft = f"{times[peer] / seconds:.2f}x" if peer in times else "-"
         label = {
             "loop": "single-process loop (torch fp32, all cores)",
             "loop-bf16": "single-process loop (torch bf16 autocast, all cores)",
             "raydata": "hand-written Ray Data (fp32)",
+            "daft": "Daft, native runner, class UDF (fp32)",
+            "daft-bf16": "Daft, native runner, class UDF (bf16 autocast)",
             "headrace": f"headrace submit (embed_precision=auto: {auto} on this CPU)",
             "headrace-fp32": "headrace submit, embed_precision=fp32",
             "headrace-nogroup": "headrace submit, embed_length_grouping=false",
         }[name]
-        lines.append(f"| {label} | {seconds:.1f} | {files / seconds:.2f} | {vs_loop} | {vs_same} | {vs_ray} | {forward_share(name)} |")
+        lines.append(f"| {label} | {seconds:.1f} | {files / seconds:.2f} | {vs_loop} | {vs_same} | {vs_ray} | {vs_daft} | {forward_share(name)} |")
     if "headrace" in times and "headrace-nogroup" in times:
         lines.append("")
         lines.append(f"Length-grouped forward passes: {times['headrace-nogroup'] / times['headrace']:.2f}x "
