@@ -128,7 +128,8 @@ def main() -> None:
 
     auto = auto_precision("cpu")
     same = {"headrace": "loop-bf16" if auto == "bf16" else "loop", "headrace-fp32": "loop",
-            "headrace-nogroup": "loop-bf16" if auto == "bf16" else "loop", "loop": "loop", "loop-bf16": "loop-bf16"}
+            "headrace-nogroup": "loop-bf16" if auto == "bf16" else "loop", "loop": "loop", "loop-bf16": "loop-bf16",
+            "daft": "loop", "daft-bf16": "loop-bf16"}
     for name, seconds in times.items():
         vs_loop = f"{times['loop'] / seconds:.2f}x" if "loop" in times else "-"
         vs_same = f"{times[same[name]] / seconds:.2f}x" if same.get(name) in times else "-"
