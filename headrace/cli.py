@@ -464,7 +464,9 @@ def entry() -> None:
         import ray
 
         if ray.is_initialized():
-            ray.shutdown()
+            from headrace import ray_adapter
+
+            ray_adapter.shutdown()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

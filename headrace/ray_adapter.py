@@ -158,6 +158,51 @@ def _stderr_silenced():
         os.close(saved)
 
 
+def shutdown() -> None:
+    """ray.shutdown(), faster for a local Ray: 0.1 s instead of 1.35 s on 2 cores.
+
+    Ray stops the processes it started one after the other, giving each a second after
+    SIGTERM; its autoscaler monitor never exits on SIGTERM, so every run waited that
+    second. Here the raylet and then the GCS stop gracefully as in Ray (each needs the
+    next one alive to exit cleanly: stopped together, they hang), then the rest get
+    SIGTERM together and, after 0.2 s, SIGKILL; Ray's reaper goes last, as in Ray."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is not None and isinstance(getattr(node, "all_processes", None), dict):
+        node.kill_all_processes = functools.partial(_stop_quickly, node)
+    ray.shutdown()
+
+
+def _stop_quickly(node, check_alive: bool = True, allow_graceful: bool = False, wait: bool = False) -> None:
+    constants = ray._private.ray_constants
+    ordered = [constants.PROCESS_TYPE_RAYLET, constants.PROCESS_TYPE_GCS_SERVER]
+    last = constants.PROCESS_TYPE_REAPER
+    steps = [[kind] for kind in ordered if kind in node.all_processes]
+    steps.append([kind for kind in node.all_processes if kind not in ordered and kind != last])
+    steps.append([last] if last in node.all_processes else [])
+    for index, kinds in enumerate(steps):
+        _stop([info.process for kind in kinds for info in node.all_processes.pop(kind)],
+              grace_s=1.0 if index < len(steps) - 2 else 0.2)
+
+
+def _stop(processes: list, grace_s: float) -> None:
+    """SIGTERM to all, SIGKILL to those still running ``grace_s`` later; reap them all."""
+    import subprocess
+
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            try:
+                process.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:  # stuck in the kernel; Ray gives up on it too
+                pass
+
+
 def configure(verbose: bool, object_store_memory: int | None) -> None:
     """Ray Data's settings for this run. Its progress bars, operator dumps and info lines
     are for --verbose; headrace shows its own progress (headrace.progress)."""
@@ -288,7 +333,9 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
     # Small inputs still get enough blocks to keep every actor of a pool busy.
     step = max(1, min(pipeline.source.files_per_block, -(-records.num_rows // MIN_BLOCKS)))
     blocks = [records.slice(i, step) for i in range(0, records.num_rows, step)]
-    dataset = ray.data.from_arrow(blocks)
+    # from_blocks keeps the blocks as they are and computes their metadata here; from_arrow
+    # runs a task per block for it (0.4 s of a small run, a worker start included).
+    dataset = ray.data.from_blocks(blocks)
     for (stage, schema), placement in zip(pipeline.stage_schemas(), placements):
         on_gpu = placement.device == "cuda" and stage.gpu_batch_size
         common = dict(
