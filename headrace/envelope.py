@@ -27,6 +27,9 @@ ERROR_TYPE = pa.struct(
     ]
 )
 WEIGHT = "_weight"
+# A stage may return this string column: non-null marks a row it made but could not fill
+# (a malformed line of a table file): that row is quarantined with the message, alone.
+ROW_ERROR = "_row_error"
 FULL_WEIGHT = 1 << 62
 HIDDEN = (ERROR, WEIGHT)
 MAX_MESSAGE = 1000

@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from headrace.envelope import WEIGHT, carry_errors, conform, describe_exception, error_rows, share_weights, split_errors
+from headrace.envelope import (
+    ROW_ERROR, WEIGHT, carry_errors, conform, describe_exception, error_rows, share_weights, split_errors,
+)
 from headrace.errors import StageBroken
 from headrace.retry import retrying
 from headrace.stage import Stage
@@ -108,4 +111,21 @@ def _run_isolated(stage: Stage, rows: pa.Table, out_schema: pa.Schema, keys: tup
         )
     if watch is not None:
         watch.succeeded(stage.stage_name)
-    return [conform(result, out_schema, stage.stage_name, share_weights(rows, result, keys[0]))]
+    weights = share_weights(rows, result, keys[0])
+    if ROW_ERROR not in result.column_names:
+        return [conform(result, out_schema, stage.stage_name, weights)]
+    return _row_errors(result, weights, out_schema, keys, stage.stage_name)
+
+
+def _row_errors(result: pa.Table, weights: pa.Array, out_schema: pa.Schema, keys: tuple[str, ...], stage: str):
+    """Rows the stage marked in ROW_ERROR become error rows, with their share of the weight."""
+    marked = pc.is_valid(result.column(ROW_ERROR))
+    rows = result.drop_columns([ROW_ERROR])
+    if not pc.any(marked).as_py():
+        return [conform(rows, out_schema, stage, weights)]
+    healthy = pc.invert(marked)
+    failed = result.filter(marked).append_column(WEIGHT, weights.filter(marked))
+    return [
+        conform(rows.filter(healthy), out_schema, stage, weights.filter(healthy)),
+        error_rows(failed, out_schema, keys, stage, "BadRecord", failed.column(ROW_ERROR).to_pylist()),
+    ]

@@ -235,8 +235,8 @@ class _StageActor:
         self.actor = uuid.uuid4().hex[:8]
         self.trim = HeapTrimmer()
         # An actor that never gets work still counts in the pool.
-        ledger.record.remote(Call(stage.stage_name, self.actor, self.ready, self.ready, self.ready, 0, None, gpu_ids,
-                                  node_name()))
+        ray.get(ledger.record.remote(Call(stage.stage_name, self.actor, self.ready, self.ready, self.ready, 0, None,
+                                          gpu_ids, node_name())))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.time()
@@ -247,7 +247,7 @@ class _StageActor:
         done = measure(batch, result)
         call = Call(self.stage.stage_name, self.actor, self.ready, started, time.time(), batch.num_rows, forward,
                     self.context.gpu_ids, node_name(), done.inputs, done.quarantined)
-        self.ledger.record.remote(call)
+        ray.get(self.ledger.record.remote(call))  # before the batch counts as done (see _counted)
         self.trim()
         return result
 
@@ -262,7 +262,9 @@ def _counted(batch, fn, stage: str, ledger):
     """Run a task stage's ``fn`` on ``batch``, telling the ledger where and what it did."""
     result = fn(batch)
     done = measure(batch, result)
-    ledger.batch.remote(stage, node_name(), done.rows, done.inputs, done.quarantined)
+    # Waited for: a task's message could otherwise reach the ledger after the driver has
+    # read its summary (the manifest's per-node counts came out short on small runs).
+    ray.get(ledger.batch.remote(stage, node_name(), done.rows, done.inputs, done.quarantined))
     return result
 
 
@@ -325,6 +327,10 @@ class _RemoteWatch:
         ray.get(self.actor.setup_failed.remote(stage, reason, traceback))
 
 
+def _no_extra_args() -> dict:
+    return {}
+
+
 def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placement], ledger, watch):
     """The streaming Dataset for ``inputs`` (a table of records from the source)."""
     for module in loader.FILE_MODULES:
@@ -345,6 +351,8 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
             memory=stage.memory,
             zero_copy_batch=True,
         )
+        if not stage.fuse:
+            common["ray_remote_args_fn"] = _no_extra_args  # Ray Data never fuses an op that has one
         if placement.actors is None:
             fn = functools.partial(apply_stage, stage, out_schema=schema, keys=pipeline.keys, watch=watch)
             dataset = dataset.map_batches(

@@ -62,6 +62,11 @@ class Stage:
     retry_backoff_s: float = 0.2  # first wait; doubles each retry
 
     cpu_threads: int | None = None  # torch threads per actor on CPU; None: headrace decides
+    # False keeps this stage's tasks apart from the stages around it. Ray Data fuses
+    # consecutive stages into one task and counts the fused task's batch in the rows that
+    # enter it: a stage that turns one input into thousands of rows (a table split) would
+    # otherwise hand the next stage 64 *splits* per call, and the run one task.
+    fuse: bool = True
 
     def setup(self, context: StageContext) -> None:
         """Load expensive state once per actor. Overriding it makes the stage stateful.

@@ -19,9 +19,14 @@ def _chunk_index_below_count(data: pa.PolarsData) -> pl.LazyFrame:
 
 
 def doc_embeddings_schema(dimensions: int = DIMENSIONS) -> pa.DataFrameSchema:
+    return embeddings_schema("doc_id", "doc_embeddings", dimensions)
+
+
+def embeddings_schema(id_column: str, name: str, dimensions: int = DIMENSIONS) -> pa.DataFrameSchema:
+    """Chunks of a record with their embeddings, keyed by ``id_column``."""
     return pa.DataFrameSchema(
         {
-            "doc_id": pa.Column(pl.Utf8, pa.Check.str_length(min_value=1), nullable=False),
+            id_column: pa.Column(pl.Utf8, pa.Check.str_length(min_value=1), nullable=False),
             "source": pa.Column(pl.Utf8, pa.Check.str_length(min_value=1), nullable=False),
             "chunk_index": pa.Column(pl.Int32, pa.Check.ge(0), nullable=False),
             "num_chunks": pa.Column(pl.Int32, pa.Check.ge(1), nullable=False),
@@ -38,7 +43,7 @@ def doc_embeddings_schema(dimensions: int = DIMENSIONS) -> pa.DataFrameSchema:
             "model": pa.Column(pl.Utf8, nullable=False),
         },
         checks=[pa.Check(_chunk_index_below_count, name="chunk_index_below_num_chunks")],
-        name="doc_embeddings",
+        name=name,
         strict=False,
     )
 

@@ -1,0 +1,135 @@
+"""Table sources: records that are rows of Parquet, JSON Lines and CSV files.
+
+A table file is not one record: a 2 GB shard would be one task and one quarantine entry.
+``Tables`` lists *splits* instead, from file metadata only, and each split is one input
+of the run (conservation, resume and the run report count splits; the rows a split makes
+are shared its weight as any stage's rows are):
+
+- Parquet: one split per row group (read from the footer);
+- JSON Lines and CSV: byte ranges of ``split_bytes``; a split owns the lines that *start*
+  inside its range (the reader of a range skips the line it begins in the middle of and
+  finishes the last line it began), so every line belongs to exactly one split;
+- gzip-compressed text (``.gz``) cannot be cut: one split per file.
+
+``stages.tables.ReadTable`` reads a split into rows. Each row gets a stable ``record_id``:
+a given id column, else the file URI plus the row's number in the file (Parquet) or the
+byte offset of its line (JSON Lines, CSV: a line's number is not known without reading
+the file up to it).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+
+import fsspec
+import pyarrow as pa
+
+from headrace.errors import ConfigError
+from headrace.source import Files, stable_id
+from headrace.storage import absolute_url
+
+FORMATS = {
+    ".parquet": "parquet", ".pq": "parquet",
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".jsonl.gz": "jsonl", ".ndjson.gz": "jsonl",
+    ".json.gz": "jsonl",
+    ".csv": "csv", ".csv.gz": "csv",
+}
+SPLIT_SCHEMA = pa.schema([
+    ("split_id", pa.string()),
+    ("source", pa.string()),
+    ("format", pa.string()),
+    ("compression", pa.string()),
+    ("row_group", pa.int64()),  # Parquet: the row group; else -1
+    ("first_row", pa.int64()),  # Parquet: the number in the file of the row group's first row
+    ("start", pa.int64()),  # text: the byte range [start, stop); Parquet: 0, 0
+    ("stop", pa.int64()),
+])
+
+
+def file_format(path: str) -> tuple[str, str | None] | None:
+    """(format, compression) from a file name, or None for other files."""
+    name = posixpath.basename(path).lower()
+    for suffix, kind in sorted(FORMATS.items(), key=lambda item: -len(item[0])):
+        if name.endswith(suffix):
+            return kind, ("gzip" if suffix.endswith(".gz") else None)
+    return None
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Rows of the Parquet, JSON Lines and CSV files under ``url`` (a path, a URL or a glob),
+    listed as splits (see the module's docstring). ``split_bytes`` sizes a text file's
+    byte ranges."""
+
+    url: str
+    split_bytes: int = 32 * 2**20
+    id_column: str = "split_id"
+    files_per_block: int = 1  # one split per task
+    given: str = field(default="", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.split_bytes < 1024:
+            raise ConfigError(f"split_bytes must be at least 1024, got {self.split_bytes}")
+        object.__setattr__(self, "given", self.url)
+        object.__setattr__(self, "url", absolute_url(self.url))
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return ("split_id", "source")
+
+    @property
+    def schema(self) -> pa.Schema:
+        return SPLIT_SCHEMA
+
+    def list(self) -> pa.Table:
+        return self.list_with_sizes()[0]
+
+    def list_with_sizes(self) -> tuple[pa.Table, pa.Array]:
+        """Every split, in a stable order, and its size in bytes (a row group's compressed size)."""
+        files, sizes = Files(self.url, extensions=tuple(FORMATS)).list_with_sizes()
+        rows, split_sizes = [], []
+        fs, _ = fsspec.core.url_to_fs(self.url)
+        for uri, size in zip(files.column("source").to_pylist(), sizes.to_pylist()):
+            kind, compression = file_format(uri)
+            if kind == "parquet":
+                for row_group, first_row, nbytes in _row_groups(fs, uri):
+                    rows.append((uri, kind, None, row_group, first_row, 0, 0))
+                    split_sizes.append(nbytes)
+            elif compression is not None or not size:
+                rows.append((uri, kind, compression, -1, 0, 0, size or 0))
+                split_sizes.append(size)
+            else:
+                for start in range(0, size, self.split_bytes):
+                    stop = min(size, start + self.split_bytes)
+                    rows.append((uri, kind, None, -1, 0, start, stop))
+                    split_sizes.append(stop - start)
+        columns = list(zip(*rows)) if rows else [[]] * 7
+        names = [f.name for f in SPLIT_SCHEMA][1:]
+        table = {name: pa.array(values, SPLIT_SCHEMA.field(name).type) for name, values in zip(names, columns)}
+        ids = [stable_id(f"{uri}#{group}:{start}") for uri, group, start in
+               zip(table["source"].to_pylist(), table["row_group"].to_pylist(), table["start"].to_pylist())]
+        return pa.table({"split_id": pa.array(ids, pa.string()), **table}, schema=SPLIT_SCHEMA), pa.array(
+            split_sizes, pa.int64())
+
+    def describe(self) -> str:
+        return f"table files {self.url} (Parquet by row group, JSON Lines / CSV by {self.split_bytes:,}-byte range)"
+
+
+def _row_groups(fs, uri: str) -> list[tuple[int, int, int]]:
+    """(row group, number of its first row in the file, compressed bytes) from the footer.
+    A file whose footer cannot be read is one split of the whole file (row group -1):
+    reading it fails, and the split is quarantined with the reason."""
+    import pyarrow.parquet as pq
+
+    try:
+        with fs.open(fs._strip_protocol(uri), "rb") as handle:
+            metadata = pq.ParquetFile(handle).metadata
+    except Exception:  # noqa: BLE001 - the reader reports it, as a quarantined split
+        return [(-1, 0, 0)]
+    groups, first = [], 0
+    for index in range(metadata.num_row_groups):
+        group = metadata.row_group(index)
+        groups.append((index, first, group.total_byte_size))
+        first += group.num_rows
+    return groups

@@ -1,0 +1,165 @@
+"""Records from table files: Parquet split by row group, JSON Lines and CSV by byte range,
+gzip whole; every good row once, every bad one quarantined with its file and position,
+its neighbours untouched; the run counts splits."""
+
+import gzip
+import json
+import os
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import headrace
+from conftest import QUIET, write
+from headrace import Pipeline, output_sink
+from headrace.tables import Tables
+from stages.tables import ReadTable, _lines
+
+DS = "2026-11-28"
+
+
+def sentence(rng, n):
+    return " ".join(rng.choice(["river", "weir", "sluice", "gate", "flow", "mill", "race", "head"]) for _ in range(n))
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    """Three formats with known good and bad rows; returns (folder, expected ids, bad positions)."""
+    rng = random.Random(5)
+    folder = tmp_path_factory.mktemp("tables")
+    expected, bad = set(), set()
+    # Parquet: 14 rows in row groups of 4 (4 splits); row 6 has a null text.
+    texts = [sentence(rng, 6) for _ in range(14)]
+    texts[6] = None
+    pq.write_table(pa.table({"id": [f"p{i}" for i in range(14)], "text": texts}), folder / "shard.parquet",
+                   row_group_size=4)
+    expected |= {f"p{i}" for i in range(14) if i != 6}
+    bad.add("shard.parquet row 6: text is null")
+    # JSON Lines, about 4 KB (several 1,024-byte splits): line 20 is malformed, line 31 has an empty text.
+    lines = []
+    for i in range(60):
+        if i == 20:
+            lines.append('{"id": "j20", "text": "unterminated')
+        elif i == 31:
+            lines.append(json.dumps({"id": "j31", "text": ""}))
+        else:
+            lines.append(json.dumps({"id": f"j{i}", "text": sentence(rng, 8)}))
+            expected.add(f"j{i}")
+    data = ("\n".join(lines) + "\n").encode()
+    write(str(folder), "lines.jsonl", data)
+    offset_20 = sum(len(line) + 1 for line in lines[:20])
+    bad |= {f"lines.jsonl offset {offset_20}: malformed JSON line", "lines.jsonl offset", "text is empty"}
+    # CSV: a header, 9 rows; row 4 has a field too many.
+    rows = ["id,text"] + [f"c{i},{sentence(rng, 5)}" if i != 4 else f"c{i},a,b" for i in range(9)]
+    write(str(folder), "table.csv", ("\n".join(rows) + "\n").encode())
+    expected |= {f"c{i}" for i in range(9) if i != 4}
+    bad.add("expected 2 fields, got 3")
+    # gzip JSON Lines: one split, read whole.
+    write(str(folder), "more.jsonl.gz", gzip.compress(b"".join(
+        (json.dumps({"id": f"g{i}", "text": sentence(rng, 4)}) + "\n").encode() for i in range(5))))
+    expected |= {f"g{i}" for i in range(5)}
+    return folder, expected, bad
+
+
+def read_only(folder, output):
+    return Pipeline(
+        name="tables",
+        source=Tables(str(folder), split_bytes=1024),
+        stages=[ReadTable({"text": pa.string()}, id_column="id", required=("text",))],
+        sink=output_sink(str(output), rows_per_file=1000),
+        columns=["record_id", "source", "text"],
+    )
+
+
+def test_every_line_of_a_text_file_belongs_to_exactly_one_byte_range(tmp_path):
+    rng = random.Random(9)
+    lines = [("x" * rng.randint(0, 300)).encode() + b"\n" for _ in range(400)]
+    path = write(str(tmp_path), "f.jsonl", b"".join(lines))
+    size = os.path.getsize(path)
+    for split_bytes in (1024, 1500, 4096, 10_000, size, size + 7):
+        seen = []
+        for start in range(0, size, split_bytes):
+            split = {"source": "file://" + path, "compression": None, "start": start, "stop": min(size, start + split_bytes)}
+            seen += [offset for offset, _ in _lines(split)]
+        offsets = [sum(len(line) for line in lines[:i]) for i in range(len(lines))]
+        assert seen == offsets, split_bytes
+
+
+def test_rows_of_parquet_jsonl_csv_and_gzip_each_once_bad_ones_quarantined_with_their_place(
+        ray_cluster, tables, tmp_path):
+    folder, expected, bad = tables
+    result = headrace.run(read_only(folder, tmp_path / "out"), DS, QUIET)
+    data = pq.read_table(tmp_path / "out" / f"ds={DS}")
+    ids = data.column("record_id").to_pylist()
+    assert len(ids) == len(set(ids)) and set(ids) == expected
+    quarantine = pq.read_table(tmp_path / "out" / "_quarantine" / f"ds={DS}").to_pylist()
+    messages = sorted(q["message"] for q in quarantine)
+    assert len(quarantine) == 4, messages
+    for fragment in bad:
+        assert any(fragment in m for m in messages), (fragment, messages)
+    # Splits, not files, are the run's inputs: 4 row groups, 1 gzip file, the CSV, and the JSON Lines file in 1 KiB ranges.
+    jsonl_splits = -(-os.path.getsize(folder / "lines.jsonl") // 1024)
+    assert result.manifest["counts"]["input"] == 4 + 1 + 1 + jsonl_splits
+    assert jsonl_splits >= 3
+
+
+def test_a_missing_column_quarantines_the_split_and_says_which(ray_cluster, tables, tmp_path):
+    folder, _, _ = tables
+    pipeline = Pipeline(
+        name="tables", source=Tables(str(folder / "table.csv")),
+        stages=[ReadTable({"body": pa.string()})], sink=output_sink(str(tmp_path / "out")),
+        max_quarantine_fraction=1.0,
+    )
+    headrace.run(pipeline, DS, QUIET)
+    quarantine = pq.read_table(tmp_path / "out" / "_quarantine" / f"ds={DS}").to_pylist()
+    assert len(quarantine) == 1 and "has no column 'body' (it has id, text)" in quarantine[0]["message"]
+
+
+def test_read_splits_are_tasks_of_their_own(ray_cluster, tables, tmp_path):
+    folder, _, _ = tables
+    result = headrace.run(read_only(folder, tmp_path / "out"), DS, QUIET)
+    batches = sum(node["batches"].get("ReadTable", 0) for node in result.manifest["nodes"])
+    assert batches == result.manifest["counts"]["input"]  # one split, one call
+
+
+def test_table_embeddings_killed_mid_run_resumes_to_exactly_a_clean_runs_rows(ray_cluster, tmp_path):
+    import numpy as np
+
+    from pipelines.table_embeddings import pipeline as table_embeddings
+    from test_resume import kill_when_staged
+
+    rng = random.Random(3)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    texts = [sentence(rng, rng.randint(20, 180)) for _ in range(360)]
+    texts[17] = ""  # quarantined: an empty text
+    pq.write_table(pa.table({"text": texts}), shards / "part-0.parquet", row_group_size=12)
+    clean_out, output = tmp_path / "clean", tmp_path / "out"
+    headrace.run(table_embeddings(input=str(shards), output=str(clean_out), rows_per_file=24), DS, QUIET)
+
+    conf = [f"input={shards}", f"output={output}", "headrace.progress=false", "rows_per_file=24"]
+    args = [*__import__("conftest").HEADRACE, "submit", "pipelines/table_embeddings.py", "--ds", DS]
+    for pair in conf:
+        args += ["--conf", pair]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    kill_when_staged(args, env, str(output / "_staging" / f"ds={DS}" / "progress"), parts=3)
+    assert not (output / f"ds={DS}").exists()  # nothing was published by the killed run
+    import subprocess
+
+    resumed = subprocess.run(args, cwd=__import__("conftest").ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stderr
+
+    def rows(path):
+        table = pq.read_table(path / f"ds={DS}")
+        keys = zip(table.column("record_id").to_pylist(), table.column("chunk_index").to_pylist())
+        return dict(zip(keys, zip(table.column("text").to_pylist(), table.column("embedding").to_pylist())))
+
+    clean, again = rows(clean_out), rows(output)
+    assert clean.keys() == again.keys() and len(clean) >= 359
+    assert all(clean[k][0] == again[k][0] for k in clean)
+    assert min(float(np.dot(clean[k][1], again[k][1])) for k in clean) >= 0.9999
+    quarantine = pq.read_table(output / "_quarantine" / f"ds={DS}").to_pylist()
+    assert len(quarantine) == 1 and "row 17: text is empty" in quarantine[0]["message"]
