@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 
 import pyarrow as pa
 import ray
@@ -352,12 +353,16 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
             zero_copy_batch=True,
         )
         if not stage.fuse:
-            common["ray_remote_args_fn"] = _no_extra_args  # Ray Data never fuses an op that has one
+            # Ray Data never fuses an op that has a ray_remote_args_fn (deprecated in Ray
+            # 2.60, removed in 2.64: that upgrade needs another way to keep ops apart).
+            common["ray_remote_args_fn"] = _no_extra_args
         if placement.actors is None:
             fn = functools.partial(apply_stage, stage, out_schema=schema, keys=pipeline.keys, watch=watch)
-            dataset = dataset.map_batches(
-                functools.partial(_counted, fn=fn, stage=stage.stage_name, ledger=ledger), **common
-            )
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated")
+                dataset = dataset.map_batches(
+                    functools.partial(_counted, fn=fn, stage=stage.stage_name, ledger=ledger), **common
+                )
         else:
             low, high = placement.actors
             # No more actors to start with than input blocks: where the stages before are
