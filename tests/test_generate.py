@@ -1,0 +1,99 @@
+"""Batch generation with a small causal LM built from a transformers config and saved to
+disk (the real loading path): greedy outputs equal a plain per-prompt `generate` loop,
+length grouping changes no output, an over-long prompt is quarantined with its length."""
+
+import json
+import os
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import headrace
+from conftest import QUIET
+
+DS = "2026-11-28"
+WORDS = ["river", "weir", "sluice", "gate", "flow", "mill", "race", "head", "water", "wheel", "stone", "bank"]
+CONTEXT = 64
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    """A 2-layer Llama with a word-level tokenizer, saved as a model folder."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = str(tmp_path_factory.mktemp("tiny-lm"))
+    vocab = {token: i for i, token in enumerate(["<pad>", "<unk>", "<s>", "</s>", *WORDS, "Say", "."])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
+                                        bos_token="<s>", eos_token="</s>")
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=CONTEXT,
+                         pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    LlamaForCausalLM(config).eval().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prompts_table(tmp_path_factory):
+    rng = random.Random(4)
+    folder = tmp_path_factory.mktemp("prompts")
+    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 20))) for _ in range(30)]
+    texts.append(" ".join(["water"] * 60))  # too long for a 64-token context with 8 new tokens
+    with open(folder / "prompts.jsonl", "w") as handle:
+        for index, text in enumerate(texts):
+            handle.write(json.dumps({"id": f"r{index}", "text": text}) + "\n")
+    return folder, texts
+
+
+def plain_loop(model_folder, prompts, max_new_tokens):
+    """What a user would write: one prompt at a time, greedy."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_folder)
+    model = AutoModelForCausalLM.from_pretrained(model_folder).eval()
+    out = {}
+    for key, prompt in prompts.items():
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+        with torch.inference_mode():
+            tokens = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                    do_sample=False, pad_token_id=0)[0, ids.shape[1]:].tolist()
+        if 3 in tokens:
+            tokens = tokens[: tokens.index(3)]
+        out[key] = tokenizer.decode(tokens, skip_special_tokens=True)
+    return out
+
+
+def run(tiny_lm, folder, output, **settings):
+    from pipelines.llm_generate import pipeline
+
+    p = pipeline(input=str(folder), output=str(output), model=tiny_lm, prompt_template="Say {text}",
+                 max_new_tokens=8, id_column="id", **settings)
+    return headrace.run(p, DS, QUIET)
+
+
+def test_greedy_generation_equals_a_plain_generate_loop_and_grouping_changes_nothing(
+        ray_cluster, tiny_lm, prompts_table, tmp_path):
+    folder, texts = prompts_table
+    run(tiny_lm, folder, tmp_path / "grouped")
+    run(tiny_lm, folder, tmp_path / "plain", length_grouping=False)
+    grouped = pq.read_table(tmp_path / "grouped" / f"ds={DS}").to_pylist()
+    plain = {r["record_id"]: r["generated"] for r in pq.read_table(tmp_path / "plain" / f"ds={DS}").to_pylist()}
+    assert len(grouped) == len(texts) - 1
+    expected = plain_loop(tiny_lm, {r["record_id"]: r["prompt"] for r in grouped}, 8)
+    assert {r["record_id"]: r["generated"] for r in grouped} == expected == plain
+    for row in grouped:
+        assert row["prompt"] == "Say " + texts[int(row["record_id"][1:])]
+        assert row["finish_reason"] in ("stop", "length") and 0 <= row["generated_tokens"] <= 8
+        assert row["prompt_tokens"] == len(row["prompt"].split()) and row["model"] == os.path.basename(tiny_lm)
+    assert any(r["generated"] for r in grouped)
+    quarantine = pq.read_table(tmp_path / "grouped" / "_quarantine" / f"ds={DS}").to_pylist()
+    assert len(quarantine) == 1
+    assert "prompt is 61 tokens; the model's context of 64 leaves 56 with max_new_tokens=8" in quarantine[0]["message"]
