@@ -71,7 +71,7 @@ def build(prompts: int) -> tuple[str, str]:
     os.makedirs(data)
     with open(os.path.join(data, "prompts.jsonl"), "w") as handle:
         for index in range(prompts):
-            text = " ".join(rng.choice(words) for _ in range(int(min(200, max(4, rng.lognormalvariate(3.5, 0.8))))))
+            text = " ".join(rng.choice(words) for _ in range(int(min(200, max(4, rng.lognormvariate(3.5, 0.8))))))
             handle.write(json.dumps({"id": f"p{index}", "text": text}) + "\n")
     return folder, data
 
