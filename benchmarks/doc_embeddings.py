@@ -50,6 +50,15 @@ def machine() -> str:
     return f"{cores} cores ({model}), {memory:.0f} GiB RAM, no GPU, Python {platform.python_version()}"
 
 
+def publish(lines: list[str], record: bool = True) -> None:
+    """Print a benchmark's section and append it to benchmarks/RESULTS.md (unless told not to)."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if record:
+        with open(os.path.join(HERE, "RESULTS.md"), "a") as handle:
+            handle.write(text + "\n")
+
+
 def forward_share(name: str) -> str:
     import json
 

@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     sys.path[:0] = [ROOT, HERE]
-    from doc_embeddings import machine
+    from doc_embeddings import machine, publish
 
     folder = page()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -106,11 +106,7 @@ def main() -> None:
         "",
         f"headrace's fixed overhead over the model's own: {best - bare:.2f} s.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_record:
-        with open(os.path.join(HERE, "RESULTS.md"), "a") as handle:
-            handle.write(text + "\n")
+    publish(lines, record=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     sys.path[:0] = [ROOT, HERE]
-    from doc_embeddings import machine
+    from doc_embeddings import machine, publish
 
     folder, data = build(args.prompts)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -120,13 +120,9 @@ def main() -> None:
         f"| headrace submit pipelines/llm_generate.py | {headrace_s:.1f} | {headrace_tokens} | "
         f"{headrace_tokens / headrace_s:.0f} | {headrace_tokens / headrace_s / (loop_tokens / loop_s):.2f}x |",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
+    publish(lines, record=not args.no_record)
     if loop_tokens != headrace_tokens:
         print(f"note: the loop generated {loop_tokens} tokens and headrace {headrace_tokens}", file=sys.stderr)
-    if not args.no_record:
-        with open(os.path.join(HERE, "RESULTS.md"), "a") as handle:
-            handle.write(text + "\n")
 
 
 if __name__ == "__main__":

@@ -166,6 +166,8 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    from doc_embeddings import publish
+
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; nothing to check", file=sys.stderr)
         sys.exit(2)
@@ -189,11 +191,7 @@ def main() -> None:
         f"(forward {job['forward']:.0%} of actor time) | {job['rows'] / job['wall_s']:.0f} | - | {job['busy']:.0%} | "
         f"{job['peak_gib']:.2f} GiB (card) |",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_record:
-        with open(os.path.join(HERE, "RESULTS.md"), "a") as handle:
-            handle.write(text + "\n")
+    publish(lines, record=not args.no_record)
 
 
 if __name__ == "__main__":

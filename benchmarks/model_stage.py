@@ -48,7 +48,6 @@ def chunks(mix: str, rows: int):
 
 
 def corpus_chunks(rows: int):
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     cache = os.path.join(WORK, "chunks-1000.parquet")
@@ -143,7 +142,7 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     sys.path[:0] = [ROOT, HERE]
-    from doc_embeddings import machine
+    from doc_embeddings import machine, publish
 
     import pyarrow.compute as pc
 
@@ -169,11 +168,7 @@ def main() -> None:
             lines.append(f"| {label} | {precision} | {speeds['bare']:.1f} | {speeds['stage']:.1f} | "
                          f"{speeds['stage'] / speeds['bare']:.2f}x | {speeds['stage-buckets']:.1f} | "
                          f"{speeds['stage-buckets'] / speeds['bare']:.2f}x |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_record:
-        with open(os.path.join(HERE, "RESULTS.md"), "a") as handle:
-            handle.write(text + "\n")
+    publish(lines, record=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def main() -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from doc_embeddings import machine
+    from doc_embeddings import machine, publish
 
     records = texts(args.docs)
     files, shard = os.path.join(WORK, "texts-as-files"), os.path.join(WORK, "texts-as-table")
@@ -92,11 +92,7 @@ def main() -> None:
         "|---|---:|---:|---:|",
         *[f"| {name} | {s:.1f} | {len(records) / s:.1f} | {base / s:.2f}x |" for name, s in seconds.items()],
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_record:
-        with open(os.path.join(HERE, "RESULTS.md"), "a") as handle:
-            handle.write(text + "\n")
+    publish(lines, record=not args.no_record)
 
 
 if __name__ == "__main__":
