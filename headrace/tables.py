@@ -35,6 +35,7 @@ FORMATS = {
     ".json.gz": "jsonl",
     ".csv": "csv", ".csv.gz": "csv",
 }
+WHOLE_FILE = 1 << 62  # the byte range of a split that is a whole file
 SPLIT_SCHEMA = pa.schema([
     ("split_id", pa.string()),
     ("source", pa.string()),
@@ -97,7 +98,8 @@ class Tables:
                     rows.append((uri, kind, None, row_group, first_row, 0, 0))
                     split_sizes.append(nbytes)
             elif compression is not None or not size:
-                rows.append((uri, kind, compression, -1, 0, 0, size or 0))
+                # Compressed, empty, or of a size the store did not say: one split, read to the end.
+                rows.append((uri, kind, compression, -1, 0, 0, WHOLE_FILE))
                 split_sizes.append(size)
             else:
                 for start in range(0, size, self.split_bytes):

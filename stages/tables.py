@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 
 import fsspec
@@ -141,7 +140,7 @@ def _lines(split: dict):
                 offset += len(line)
             return
         start, stop = split["start"], split["stop"]
-        handle = io.BufferedReader(raw, buffer_size=1 << 20) if not isinstance(raw, io.BufferedIOBase) else raw
+        handle = raw  # fsspec's files buffer reads themselves (blocks of a few MiB on a store)
         offset = start
         if start > 0:
             # The line that starts before the range belongs to the split before: skip to the
