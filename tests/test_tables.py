@@ -137,14 +137,16 @@ def test_table_embeddings_killed_mid_run_resumes_to_exactly_a_clean_runs_rows(ra
     texts[17] = ""  # quarantined: an empty text
     pq.write_table(pa.table({"text": texts}), shards / "part-0.parquet", row_group_size=12)
     clean_out, output = tmp_path / "clean", tmp_path / "out"
-    headrace.run(table_embeddings(input=str(shards), output=str(clean_out), rows_per_file=24), DS, QUIET)
+    headrace.run(table_embeddings(input=str(shards), output=str(clean_out), rows_per_file=24, embed_precision="fp32"),
+                 DS, QUIET)
 
-    conf = [f"input={shards}", f"output={output}", "headrace.progress=false", "rows_per_file=24"]
+    # fp32 keeps the model busy long enough to be killed mid-run (bf16 is 2.5x faster where the CPU has it).
+    conf = [f"input={shards}", f"output={output}", "headrace.progress=false", "rows_per_file=24", "embed_precision=fp32"]
     args = [*__import__("conftest").HEADRACE, "submit", "pipelines/table_embeddings.py", "--ds", DS]
     for pair in conf:
         args += ["--conf", pair]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    kill_when_staged(args, env, str(output / "_staging" / f"ds={DS}" / "progress"), parts=3)
+    kill_when_staged(args, env, str(output / "_staging" / f"ds={DS}" / "progress"), parts=1)
     assert not (output / f"ds={DS}").exists()  # nothing was published by the killed run
     import subprocess
 
@@ -160,6 +162,6 @@ def test_table_embeddings_killed_mid_run_resumes_to_exactly_a_clean_runs_rows(ra
     clean, again = rows(clean_out), rows(output)
     assert clean.keys() == again.keys() and len(clean) >= 359
     assert all(clean[k][0] == again[k][0] for k in clean)
-    assert min(float(np.dot(clean[k][1], again[k][1])) for k in clean) >= 0.999  # bf16 where the CPU has it
+    assert min(float(np.dot(clean[k][1], again[k][1])) for k in clean) >= 0.9999
     quarantine = pq.read_table(output / "_quarantine" / f"ds={DS}").to_pylist()
     assert len(quarantine) == 1 and "row 17: text is empty" in quarantine[0]["message"]
