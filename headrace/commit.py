@@ -42,7 +42,8 @@ def account(parts: list[StagedPart], inputs: pa.Table, id_column: str) -> dict[s
     input_ids = pc.unique(inputs.column(id_column))
     with_output = _unique_ids(p.data_ids for p in parts)
     quarantined = _unique_ids(p.quarantine_ids for p in parts)
-    seen = pa.concat_arrays([with_output, quarantined])
+    empty = _unique_ids(p.empty_ids for p in parts)
+    seen = pa.concat_arrays([with_output, quarantined, empty])
     missing = inputs.filter(pc.invert(pc.is_in(inputs.column(id_column), value_set=seen)))
     unknown = pc.sum(pc.invert(pc.is_in(pc.unique(seen), value_set=input_ids))).as_py() or 0
     if missing.num_rows or unknown:
@@ -58,6 +59,7 @@ def account(parts: list[StagedPart], inputs: pa.Table, id_column: str) -> dict[s
         "quarantined": sum(p.quarantine_rows for p in parts),
         "input_with_output": len(with_output),
         "input_quarantined_only": only_quarantined,
+        "input_empty": len(empty),  # inputs that held no records (a byte range where no line starts)
     }
 
 

@@ -30,6 +30,11 @@ WEIGHT = "_weight"
 # A stage may return this string column: non-null marks a row it made but could not fill
 # (a malformed line of a table file): that row is quarantined with the message, alone.
 ROW_ERROR = "_row_error"
+# ... or, as ROW_ERROR's value on the one row it returns for an input, that the input holds
+# no records at all (a byte range of a table file in which no line or record starts):
+# the input is then accounted as empty, in neither the output nor the quarantine.
+NO_RECORDS = "(no records)"
+EMPTY_TYPE = "NoRecords"  # the error type such a row travels with, from the stage to the sink
 FULL_WEIGHT = 1 << 62
 HIDDEN = (ERROR, WEIGHT)
 MAX_MESSAGE = 1000

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headrace.envelope import (
-    ROW_ERROR, WEIGHT, carry_errors, conform, describe_exception, error_rows, share_weights, split_errors,
+    EMPTY_TYPE, NO_RECORDS, ROW_ERROR, WEIGHT, carry_errors, conform, describe_exception, error_rows, share_weights, split_errors,
 )
 from headrace.errors import StageBroken
 from headrace.retry import retrying
@@ -124,8 +124,10 @@ def _row_errors(result: pa.Table, weights: pa.Array, out_schema: pa.Schema, keys
     if not pc.any(marked).as_py():
         return [conform(rows, out_schema, stage, weights)]
     healthy = pc.invert(marked)
-    failed = result.filter(marked).append_column(WEIGHT, weights.filter(marked))
-    return [
-        conform(rows.filter(healthy), out_schema, stage, weights.filter(healthy)),
-        error_rows(failed, out_schema, keys, stage, "BadRecord", failed.column(ROW_ERROR).to_pylist()),
-    ]
+    out = [conform(rows.filter(healthy), out_schema, stage, weights.filter(healthy))]
+    empty = pc.fill_null(pc.equal(result.column(ROW_ERROR), NO_RECORDS), False)
+    for which, error_type in ((pc.and_(marked, pc.invert(empty)), "BadRecord"), (empty, EMPTY_TYPE)):
+        failed = result.filter(which).append_column(WEIGHT, weights.filter(which))
+        if failed.num_rows:
+            out.append(error_rows(failed, out_schema, keys, stage, error_type, failed.column(ROW_ERROR).to_pylist()))
+    return out

@@ -10,7 +10,9 @@ from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
-from headrace.envelope import ERROR, WEIGHT, split_errors
+import pyarrow.compute as pc
+
+from headrace.envelope import EMPTY_TYPE, ERROR, WEIGHT, split_errors
 from headrace.sink import QUARANTINE_SCHEMA, ParquetSink
 from headrace.staging import StagedPart, StagingArea, error_counts, error_samples, unique_ids
 
@@ -32,6 +34,11 @@ class PartWriter:
         for key, weight in zip(table.column(id_column).to_pylist(), table.column(WEIGHT).to_pylist()):
             part.weights[key] = part.weights.get(key, 0) + weight
         healthy, failed = split_errors(table)
+        if failed.num_rows:
+            # Inputs that hold no records (ROW_ERROR = NO_RECORDS): accounted, not quarantined.
+            empty = pc.equal(failed.column(ERROR).combine_chunks().field("error_type"), EMPTY_TYPE)
+            part.empty_ids = unique_ids(failed.filter(empty).column(id_column))
+            failed = failed.filter(pc.invert(empty))
         if healthy.num_rows:
             data = healthy.select(self.output_schema.names).cast(self.output_schema)
             part.data_bytes = area.storage.write_parquet(data, area.path("data", part.file), area.compression)

@@ -19,7 +19,8 @@ def summary(manifest: dict[str, Any], total_s: float) -> str:
     lines = [
         f"headrace: {manifest['name']} ds={manifest['ds']} committed (run {manifest['run_id']})",
         f"  files in     {files:,}  ({counts['input_with_output']:,} with output, "
-        f"{counts['input_quarantined_only']:,} only in quarantine)",
+        f"{counts['input_quarantined_only']:,} only in quarantine"
+        + (f", {counts['input_empty']:,} held no records" if counts.get("input_empty") else "") + ")",
         f"  rows out     {rows:,}",
         f"  quarantined  {counts['quarantined']:,} rows" + (f"  -> {manifest['quarantine']}" if counts["quarantined"] else ""),
         f"  time         {total_s:.1f} s  ({files / seconds:.1f} files/s, {rows / seconds:.1f} rows/s)",

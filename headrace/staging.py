@@ -61,6 +61,7 @@ class StagedPart:
     quarantine_rows: int = 0
     data_ids: pa.Array = field(default_factory=no_ids)
     quarantine_ids: pa.Array = field(default_factory=no_ids)
+    empty_ids: pa.Array = field(default_factory=no_ids)  # inputs that held no records
     weights: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)  # "stage: ErrorType" -> quarantined rows
     samples: dict[str, list[str]] = field(default_factory=dict)  # "stage: ErrorType" -> a few messages
@@ -70,13 +71,13 @@ class StagedPart:
         return {
             "name": self.name, "data_rows": self.data_rows, "data_bytes": self.data_bytes,
             "quarantine_rows": self.quarantine_rows, "data_ids": self.data_ids.to_pylist(),
-            "quarantine_ids": self.quarantine_ids.to_pylist(), "weights": self.weights, "errors": self.errors,
+            "quarantine_ids": self.quarantine_ids.to_pylist(), "empty_ids": self.empty_ids.to_pylist(), "weights": self.weights, "errors": self.errors,
             "samples": self.samples,
         }
 
     @classmethod
     def from_document(cls, document: dict) -> "StagedPart":
-        ids = {key: pa.array(document.get(key, []), pa.string()) for key in ("data_ids", "quarantine_ids")}
+        ids = {key: pa.array(document.get(key, []), pa.string()) for key in ("data_ids", "quarantine_ids", "empty_ids")}
         return cls(**{**document, **ids})
 
     @property
@@ -222,6 +223,8 @@ def strip_part(area: StagingArea, part: StagedPart, complete: set[str], name: st
         else:
             replacement.quarantine_rows, replacement.quarantine_ids = table.num_rows, ids
             replacement.errors, replacement.samples = error_counts(table), error_samples(table)
+    if len(part.empty_ids):
+        replacement.empty_ids = pc.filter(part.empty_ids, pc.is_in(part.empty_ids, pa.array(keep, pa.string())))
     replacement.weights = {k: part.weights[k] for k in keep}
     storage.remove(area.path("progress", part.progress))
     if keep:

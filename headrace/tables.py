@@ -1,4 +1,5 @@
-"""Table sources: records that are rows of Parquet, JSON Lines and CSV files.
+"""Table sources: records that are rows of Parquet, JSON Lines and CSV files, or the
+documents of WARC and WET files.
 
 A table file is not one record: a 2 GB shard would be one task and one quarantine entry.
 ``Tables`` lists *splits* instead, from file metadata only, and each split is one input
@@ -9,12 +10,15 @@ are shared its weight as any stage's rows are):
 - JSON Lines and CSV: byte ranges of ``split_bytes``; a split owns the lines that *start*
   inside its range (the reader of a range skips the line it begins in the middle of and
   finishes the last line it began), so every line belongs to exactly one split;
-- gzip-compressed text (``.gz``) cannot be cut: one split per file.
+- gzip-compressed text (``.gz``) cannot be cut: one split per file;
+- WARC and WET (``.warc``, ``.warc.gz``, ``.wet``, ``.wet.gz``): byte ranges of
+  ``split_bytes`` too, compressed or not: a split owns the records that start inside it
+  (a ``.warc.gz`` holds one gzip member per record; ``stages.warc``).
 
 ``stages.tables.ReadTable`` reads a split into rows. Each row gets a stable ``record_id``:
 a given id column, else the file URI plus the row's number in the file (Parquet) or the
-byte offset of its line (JSON Lines, CSV: a line's number is not known without reading
-the file up to it).
+byte offset of its line or WARC record (JSON Lines, CSV, WARC: a line's number is not
+known without reading the file up to it).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ FORMATS = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".jsonl.gz": "jsonl", ".ndjson.gz": "jsonl",
     ".json.gz": "jsonl",
     ".csv": "csv", ".csv.gz": "csv",
+    ".warc": "warc", ".warc.gz": "warc", ".wet": "warc", ".wet.gz": "warc",
 }
 WHOLE_FILE = 1 << 62  # the byte range of a split that is a whole file
 SPLIT_SCHEMA = pa.schema([
@@ -59,7 +64,7 @@ def file_format(path: str) -> tuple[str, str | None] | None:
 
 @dataclass(frozen=True)
 class Tables:
-    """Rows of the Parquet, JSON Lines and CSV files under ``url`` (a path, a URL or a glob),
+    """Rows of the Parquet, JSON Lines, CSV and WARC files under ``url`` (a path, a URL or a glob),
     listed as splits (see the module's docstring). ``split_bytes`` sizes a text file's
     byte ranges."""
 
@@ -97,14 +102,14 @@ class Tables:
                 for row_group, first_row, nbytes in _row_groups(fs, uri):
                     rows.append((uri, kind, None, row_group, first_row, 0, 0))
                     split_sizes.append(nbytes)
-            elif compression is not None or not size:
+            elif (compression is not None and kind != "warc") or not size:
                 # Compressed, empty, or of a size the store did not say: one split, read to the end.
                 rows.append((uri, kind, compression, -1, 0, 0, WHOLE_FILE))
                 split_sizes.append(size)
             else:
                 for start in range(0, size, self.split_bytes):
                     stop = min(size, start + self.split_bytes)
-                    rows.append((uri, kind, None, -1, 0, start, stop))
+                    rows.append((uri, kind, compression, -1, 0, start, stop))
                     split_sizes.append(stop - start)
         columns = list(zip(*rows)) if rows else [[]] * 7
         names = [f.name for f in SPLIT_SCHEMA][1:]
@@ -115,7 +120,7 @@ class Tables:
             split_sizes, pa.int64())
 
     def describe(self) -> str:
-        return f"table files {self.url} (Parquet by row group, JSON Lines / CSV by {self.split_bytes:,}-byte range)"
+        return f"table files {self.url} (Parquet by row group, JSON Lines / CSV / WARC by {self.split_bytes:,}-byte range)"
 
 
 def _row_groups(fs, uri: str) -> list[tuple[int, int, int]]:

@@ -1,4 +1,4 @@
-"""Embeddings of a text column of table files (Parquet, JSON Lines, CSV).
+"""Embeddings of a text column of table files (Parquet, JSON Lines, CSV, WARC/WET).
 
 Each row of the tables under ``input`` is a record: its ``text_column`` is cut into chunks
 of at most 256 model tokens and embedded with all-MiniLM-L6-v2, as doc-embeddings does

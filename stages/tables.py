@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from headrace import Stage
-from headrace.envelope import ROW_ERROR
+from headrace.envelope import NO_RECORDS, ROW_ERROR
 from headrace.tables import SPLIT_SCHEMA
 
 SPLIT_COLUMNS = tuple(f.name for f in SPLIT_SCHEMA)
@@ -26,6 +26,12 @@ class ReadTable(Stage):
     null id) becomes a quarantined row naming the file, its line's byte offset (or row
     number) and the reason; its neighbours carry on. A split that cannot be read at all
     (a missing column, a corrupt file) is quarantined whole.
+
+    WARC and WET files have the columns ``stages.warc.FIELDS``: ``url``, ``date``,
+    ``warc_type``, ``warc_record_id``, ``content_type``, ``http_status`` (int64) and
+    ``text``, the payload decoded; an HTML payload becomes its visible text (HtmlToText's
+    ``visible_text``) unless ``html_to_text=False``. A truncated or corrupt record, or one
+    whose payload is not text (an image, a PDF), is quarantined with its offset.
     """
 
     needs = SPLIT_COLUMNS
@@ -39,11 +45,13 @@ class ReadTable(Stage):
         id_column: str | None = None,
         required: tuple[str, ...] = (),
         rename: dict[str, str] | None = None,
+        html_to_text: bool = True,
     ):
         self.columns = dict(columns)
         self.id_column = id_column
         self.required = tuple(required)
         self.rename = dict(rename or {})
+        self.html_to_text = html_to_text
         self.adds = {"record_id": pa.string(), **{self.rename.get(n, n): t for n, t in self.columns.items()}}
 
     def process(self, batch: pa.Table) -> pa.Table:
@@ -56,9 +64,17 @@ class ReadTable(Stage):
         wanted = list(dict.fromkeys([*self.columns, *([self.id_column] if self.id_column else [])]))
         if split["format"] == "parquet":
             values, positions, errors = self._parquet(split, wanted)
+        elif split["format"] == "warc":
+            values, positions, errors = _warc_rows(split, wanted, self.html_to_text)
         else:
             values, positions, errors = self._text(split, wanted)
         uri = split["source"]
+        if not positions:
+            # A byte range in which no line or record starts, an empty row group or file:
+            # the split is accounted as holding no records (one marker row, never output).
+            row = {name: None for name in self._empty().column_names}
+            row.update(split_id=split["split_id"], source=uri, **{ROW_ERROR: NO_RECORDS})
+            return pa.Table.from_pylist([row], schema=self._empty().schema)
         where = "row" if split["format"] == "parquet" else "offset"
         errors = [None if e is None else f"{uri} {where} {p}: {e}" for e, p in zip(errors, positions)]
         ids = []
@@ -175,6 +191,33 @@ def _json_rows(lines, wanted: list[str]):
         errors.append(error)
         for name in wanted:
             values[name].append(record.get(name))
+    return values, positions, errors
+
+
+def _warc_rows(split: dict, wanted: list[str], html_to_text: bool):
+    from stages import warc
+
+    unknown = [c for c in wanted if c not in warc.FIELDS]
+    if unknown:
+        raise KeyError(f"{split['source']} is a WARC file: it has no column {', '.join(map(repr, unknown))} "
+                       f"(it has {', '.join(warc.FIELDS)})")
+    values = {name: [] for name in wanted}
+    positions, errors = [], []
+    fs, path = fsspec.core.url_to_fs(split["source"])
+    with fs.open(path, "rb") as handle:
+        for offset, raw, error in warc.framed(handle, split["start"], split["stop"], split["compression"] == "gzip"):
+            fields = {}
+            if error is None:
+                try:
+                    fields = warc.document(raw, html_to_text)
+                except (ValueError, OSError) as exc:  # BadRecord and the decode errors are ValueErrors
+                    error = str(exc)
+                if fields is None:
+                    continue  # warcinfo, request, metadata, revisit: not a document
+            positions.append(offset)
+            errors.append(error)
+            for name in wanted:
+                values[name].append(fields.get(name))
     return values, positions, errors
 
 

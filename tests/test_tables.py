@@ -60,6 +60,11 @@ def tables(tmp_path_factory):
     write(str(folder), "more.jsonl.gz", gzip.compress(b"".join(
         (json.dumps({"id": f"g{i}", "text": sentence(rng, 4)}) + "\n").encode() for i in range(5))))
     expected |= {f"g{i}" for i in range(5)}
+    # A line of 2,500 bytes: the second 1 KiB range of this file has no line starting in it.
+    long = json.dumps({"id": "long", "text": sentence(rng, 600)[:2460]}) + "\n" + json.dumps({"id": "short", "text": "x"}) + "\n"
+    write(str(folder), "long.jsonl", long.encode())
+    assert 2048 < long.index("short") < 3072
+    expected |= {"long", "short"}
     return folder, expected, bad
 
 
@@ -99,10 +104,12 @@ def test_rows_of_parquet_jsonl_csv_and_gzip_each_once_bad_ones_quarantined_with_
     assert len(quarantine) == 4, messages
     for fragment in bad:
         assert any(fragment in m for m in messages), (fragment, messages)
-    # Splits, not files, are the run's inputs: 4 row groups, 1 gzip file, the CSV, and the JSON Lines file in 1 KiB ranges.
+    # Splits, not files, are the run's inputs: 4 row groups, 1 gzip file, the CSV, and the JSON Lines files in 1 KiB ranges;
+    # the range of long.jsonl in which no line starts is accounted as holding no records.
     jsonl_splits = -(-os.path.getsize(folder / "lines.jsonl") // 1024)
-    assert result.manifest["counts"]["input"] == 4 + 1 + 1 + jsonl_splits
+    assert result.manifest["counts"]["input"] == 4 + 1 + 1 + jsonl_splits + 3
     assert jsonl_splits >= 3
+    assert result.manifest["counts"]["input_empty"] == 1
 
 
 def test_a_missing_column_quarantines_the_split_and_says_which(ray_cluster, tables, tmp_path):
@@ -165,3 +172,117 @@ def test_table_embeddings_killed_mid_run_resumes_to_exactly_a_clean_runs_rows(ra
     assert min(float(np.dot(clean[k][1], again[k][1])) for k in clean) >= 0.9999
     quarantine = pq.read_table(output / "_quarantine" / f"ds={DS}").to_pylist()
     assert len(quarantine) == 1 and "row 17: text is empty" in quarantine[0]["message"]
+
+
+# -- WARC and WET ----------------------------------------------------------------------
+
+def _warc(path, records, gzip):
+    """Write ``records`` ((kind, url, content type, body)) with warcio; returns each record's offset."""
+    import io
+
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    with open(path, "wb") as out:
+        writer = WARCWriter(out, gzip=gzip)
+        writer.write_record(writer.create_warcinfo_record(os.path.basename(path), {"software": "headrace tests"}))
+        offsets = []
+        for kind, url, content_type, body in records:
+            offsets.append(out.tell())
+            if kind == "response":
+                http = StatusAndHeaders("200 OK", [("Content-Type", content_type)], protocol="HTTP/1.1")
+                record = writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=http)
+            else:
+                record = writer.create_warc_record(url, kind, payload=io.BytesIO(body),
+                                                   warc_content_type=content_type)
+            writer.write_record(record)
+        return offsets, out.tell()
+
+
+@pytest.fixture(scope="module")
+def warcs(tmp_path_factory):
+    """A per-record gzip WARC and a plain one with known good and broken records; returns
+    (folder, good urls, {url: the reason its record is quarantined})."""
+    rng = random.Random(11)
+    folder = tmp_path_factory.mktemp("warcs")
+    good, bad = {}, {}
+
+    def page(url):
+        text = f"{url} {sentence(rng, 30)}"
+        good[url] = text
+        return ("response", url, "text/html; charset=utf-8",
+                f"<html><head><script>var x;</script></head><body><nav>menu</nav><p>{text}</p></body></html>".encode())
+
+    records = [page(f"http://example.org/{i}") for i in range(12)]
+    records.insert(4, ("request", "http://example.org/3", "application/http; msgtype=request", b"GET /3 HTTP/1.1\r\n\r\n"))
+    records.insert(6, ("response", "http://example.org/logo.png", "image/png", b"\x89PNG\r\n\x1a\n" + bytes(200)))
+    bad["http://example.org/logo.png"] = "payload is image/png, not text"
+    offsets, end = _warc(folder / "crawl.warc.gz", records, gzip=True)
+    data = bytearray((folder / "crawl.warc.gz").read_bytes())
+    seventh = records.index(next(r for r in records if r[1] == "http://example.org/7"))
+    crc_at = offsets[seventh + 1] - 8  # the gzip member's CRC-32 (its last 8 bytes: CRC-32, size)
+    data[crc_at:crc_at + 4] = bytes(b ^ 0xFF for b in data[crc_at:crc_at + 4])
+    del data[-20:]  # the last record is cut off, as by an interrupted download
+    (folder / "crawl.warc.gz").write_bytes(bytes(data))
+    for url, reason in (("http://example.org/7", "corrupt gzip member"), ("http://example.org/11", "truncated gzip member")):
+        good.pop(url)
+        bad[url] = reason
+
+    plain = [page(f"http://example.net/{i}") for i in range(6)]
+    plain.insert(3, ("conversion", "http://example.net/wet", "text/plain", b"Text a WET file extracted."))
+    good["http://example.net/wet"] = "Text a WET file extracted."
+    offsets, end = _warc(folder / "crawl.warc", plain, gzip=False)
+    data = bytearray((folder / "crawl.warc").read_bytes())
+    flip = offsets[2 + 1] - 10  # a byte inside the third page's HTML: its block digest no longer matches
+    data[flip] ^= 0x20
+    cut = offsets[5 + 1] - 60  # 30 bytes of the fifth page (after the WET record) go missing: it ends where its length says it cannot
+    del data[cut:cut + 30]
+    del data[-40:]
+    (folder / "crawl.warc").write_bytes(bytes(data))
+    for url, reason in (("http://example.net/2", "WARC-Block-Digest does not match"),
+                        ("http://example.net/4", "does not end where its Content-Length"),
+                        ("http://example.net/5", "truncated record: Content-Length")):
+        good.pop(url)
+        bad[url] = reason
+    return folder, good, bad, {"crawl.warc.gz": offsets, "crawl.warc": offsets}
+
+
+def test_every_warc_record_is_read_once_whatever_the_byte_ranges_and_broken_ones_alone(warcs):
+    from stages.tables import _warc_rows
+
+    folder, good, bad, _ = warcs
+    for split_bytes in (1024, 1500, 4096, 1 << 20):
+        texts, errors = {}, []
+        for split in Tables(str(folder), split_bytes=split_bytes).list().to_pylist():
+            values, positions, errs = _warc_rows(split, ["url", "text", "warc_type", "http_status"], True)
+            for url, text, error, position in zip(values["url"], values["text"], errs, positions):
+                if error is None:
+                    assert url not in texts, (split_bytes, url)
+                    texts[url] = text
+                else:
+                    errors.append(f"{split['source']} offset {position}: {error}")
+        assert texts == good, split_bytes  # the HTML's visible text: no script, no navigation
+        assert len(errors) == len(bad), (split_bytes, errors)
+        for reason in bad.values():
+            assert sum(reason in e for e in errors) == 1, (split_bytes, reason, errors)
+
+
+def test_warc_records_through_a_run_quarantined_with_their_offset(ray_cluster, warcs, tmp_path):
+    folder, good, bad, _ = warcs
+    pipeline = Pipeline(
+        name="warc",
+        source=Tables(str(folder), split_bytes=1024),
+        stages=[ReadTable({"text": pa.string(), "url": pa.string(), "http_status": pa.int64()}, id_column="url")],
+        sink=output_sink(str(tmp_path / "out")),
+        columns=["record_id", "url", "http_status", "text"],
+    )
+    result = headrace.run(pipeline, DS, QUIET)
+    table = pq.read_table(tmp_path / "out" / f"ds={DS}").to_pylist()
+    assert {row["record_id"]: row["text"] for row in table} == good and len(table) == len(good)
+    assert {row["http_status"] for row in table} == {200, None}  # None: the WET conversion record
+    messages = [q["message"] for q in pq.read_table(tmp_path / "out" / "_quarantine" / f"ds={DS}").to_pylist()]
+    assert len(messages) == len(bad)
+    for reason in bad.values():
+        assert any(reason in m and ".warc" in m and " offset " in m for m in messages), (reason, messages)
+    sizes = sum(-(-os.path.getsize(folder / name) // 1024) for name in ("crawl.warc.gz", "crawl.warc"))
+    assert result.manifest["counts"]["input"] == sizes  # splits of 1 KiB, not files
