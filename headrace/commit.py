@@ -53,14 +53,16 @@ def account(parts: list[StagedPart], inputs: pa.Table, id_column: str) -> dict[s
             f"the quarantine (e.g. {example or '-'}); {unknown} unknown id(s); nothing published"
         )
     only_quarantined = pc.sum(pc.invert(pc.is_in(quarantined, value_set=with_output))).as_py() or 0
-    return {
+    counts = {
         "input": len(input_ids),
         "output": sum(p.data_rows for p in parts),
         "quarantined": sum(p.quarantine_rows for p in parts),
         "input_with_output": len(with_output),
         "input_quarantined_only": only_quarantined,
-        "input_empty": len(empty),  # inputs that held no records (a byte range where no line starts)
     }
+    if len(empty):  # inputs that held no records (a byte range of a table file in which no line starts)
+        counts["input_empty"] = len(empty)
+    return counts
 
 
 def _unique_ids(arrays) -> pa.Array:

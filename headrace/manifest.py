@@ -45,6 +45,7 @@ def build_manifest(
         "ds": ds,
         "started_at": started_at,
         "input": pipeline.source.url,
+        "input_unit": getattr(pipeline.source, "unit", "files"),  # what counts.input counts
         "output": sink.url,
         "output_format": sink.format,
         "partition": sink.url_of(sink.partition(ds)),

@@ -14,16 +14,17 @@ from headrace.utilisation import describe, describe_nodes
 def summary(manifest: dict[str, Any], total_s: float) -> str:
     counts = manifest["counts"]
     files = counts["input"]
+    unit = manifest.get("input_unit", "files")
     rows = counts["output"]
     seconds = max(total_s, 1e-9)
     lines = [
         f"headrace: {manifest['name']} ds={manifest['ds']} committed (run {manifest['run_id']})",
-        f"  files in     {files:,}  ({counts['input_with_output']:,} with output, "
+        f"  {unit + ' in':<13}{files:,}  ({counts['input_with_output']:,} with output, "
         f"{counts['input_quarantined_only']:,} only in quarantine"
         + (f", {counts['input_empty']:,} held no records" if counts.get("input_empty") else "") + ")",
         f"  rows out     {rows:,}",
         f"  quarantined  {counts['quarantined']:,} rows" + (f"  -> {manifest['quarantine']}" if counts["quarantined"] else ""),
-        f"  time         {total_s:.1f} s  ({files / seconds:.1f} files/s, {rows / seconds:.1f} rows/s)",
+        f"  time         {total_s:.1f} s  ({files / seconds:.1f} {unit}/s, {rows / seconds:.1f} rows/s)",
         f"  output       {manifest['partition']}",
     ]
     if manifest.get("utilisation"):

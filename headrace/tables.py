@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import fsspec
 import pyarrow as pa
@@ -68,6 +69,7 @@ class Tables:
     listed as splits (see the module's docstring). ``split_bytes`` sizes a text file's
     byte ranges."""
 
+    unit: ClassVar[str] = "splits"  # what the run's counts.input counts
     url: str
     split_bytes: int = 32 * 2**20
     id_column: str = "split_id"

@@ -102,7 +102,13 @@ class ReadTable(Stage):
         return table.append_column(ROW_ERROR, pa.array(errors, pa.string()))
 
     def _column(self, values, kind, name, errors, positions, uri, where) -> list:
-        """Python values of one column, checked against its declared type row by row."""
+        """Python values of one column, checked against its declared type: the whole
+        column at once, and row by row only when some value does not fit."""
+        try:
+            pa.array(values, kind)
+            return values
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            pass
         out = []
         for row, value in enumerate(values):
             if value is not None:

@@ -37,20 +37,24 @@ def tables(tmp_path_factory):
                    row_group_size=4)
     expected |= {f"p{i}" for i in range(14) if i != 6}
     bad.add("shard.parquet row 6: text is null")
-    # JSON Lines, about 4 KB (several 1,024-byte splits): line 20 is malformed, line 31 has an empty text.
+    # JSON Lines, about 4 KB (several 1,024-byte splits): line 20 is malformed, line 31 has an empty text,
+    # line 40 a number for its text.
     lines = []
     for i in range(60):
         if i == 20:
             lines.append('{"id": "j20", "text": "unterminated')
         elif i == 31:
             lines.append(json.dumps({"id": "j31", "text": ""}))
+        elif i == 40:
+            lines.append(json.dumps({"id": "j40", "text": 40}))  # a number where text is declared
         else:
             lines.append(json.dumps({"id": f"j{i}", "text": sentence(rng, 8)}))
             expected.add(f"j{i}")
     data = ("\n".join(lines) + "\n").encode()
     write(str(folder), "lines.jsonl", data)
     offset_20 = sum(len(line) + 1 for line in lines[:20])
-    bad |= {f"lines.jsonl offset {offset_20}: malformed JSON line", "lines.jsonl offset", "text is empty"}
+    bad |= {f"lines.jsonl offset {offset_20}: malformed JSON line", "lines.jsonl offset", "text is empty",
+            "column 'text': 40 is not string"}
     # CSV: a header, 9 rows; row 4 has a field too many.
     rows = ["id,text"] + [f"c{i},{sentence(rng, 5)}" if i != 4 else f"c{i},a,b" for i in range(9)]
     write(str(folder), "table.csv", ("\n".join(rows) + "\n").encode())
@@ -101,7 +105,7 @@ def test_rows_of_parquet_jsonl_csv_and_gzip_each_once_bad_ones_quarantined_with_
     assert len(ids) == len(set(ids)) and set(ids) == expected
     quarantine = pq.read_table(tmp_path / "out" / "_quarantine" / f"ds={DS}").to_pylist()
     messages = sorted(q["message"] for q in quarantine)
-    assert len(quarantine) == 4, messages
+    assert len(quarantine) == 5, messages
     for fragment in bad:
         assert any(fragment in m for m in messages), (fragment, messages)
     # Splits, not files, are the run's inputs: 4 row groups, 1 gzip file, the CSV, and the JSON Lines files in 1 KiB ranges;
