@@ -431,6 +431,7 @@ def execute(
     # (losing the driver's node is what resume is for).
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     ledger = watch_actor = _RunBook.options(scheduling_strategy=here).remote(broken_after)
+    _warm.remote(_task_modules(pipeline, placements))
     sink = StagedParquetDatasink(writer, pipeline.sink.rows_per_file, ledger)
     display, stop, timeline = None, threading.Event(), Timeline()
     if progress_every_s is not None:
@@ -465,6 +466,31 @@ def execute(
             display.close()
         ray.kill(ledger)
     return sink.parts, utilisation, nodes, timeline.samples
+
+
+@ray.remote(num_cpus=0)
+def _warm(modules: list[str]) -> None:
+    """Import what the run's tasks will import, on a worker that then runs them.
+
+    The first schema-check and write tasks otherwise start a worker and import pandera,
+    polars and the stages' modules after the model stage has finished: about 1 s of a
+    short run, spent here instead while the model actors load on the other cores.
+    """
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - a warm-up only: the task that needs it reports it
+            pass
+
+
+def _task_modules(pipeline: Pipeline, placements: list[Placement]) -> list[str]:
+    modules = [type(stage).__module__ for stage, placement in zip(pipeline.stages, placements)
+               if placement.actors is None]
+    if pipeline.schema is not None:
+        modules.append(type(pipeline.schema).__module__)
+    return list(dict.fromkeys([*modules, "pyarrow.parquet", __name__]))
 
 
 def _poll(ledger, display: Display | None, timeline: Timeline, stop: threading.Event) -> None:
