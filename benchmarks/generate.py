@@ -68,7 +68,7 @@ def main():
     llm = LLM(model=folder, dtype="float32", seed=0)
     results = llm.generate(prompts, SamplingParams(max_tokens=new, temperature=0), use_tqdm=False)
     tokens = [list(r.outputs[0].token_ids) for r in results]
-    print(f"generated={sum(t.index(3) if 3 in t else len(t) for t in tokens)}")
+    print(f"generated={sum(t.index(3) if 3 in t else len(t) for t in tokens)}", flush=True)
 
 
 if __name__ == "__main__":  # vLLM starts its engine in a spawned process
@@ -131,9 +131,9 @@ def main() -> None:
         alone = subprocess.run([sys.executable, script, folder, os.path.join(data, "prompts.jsonl"), str(args.new)],
                                capture_output=True, text=True, env=env)
         alone_s = time.perf_counter() - started
-        if alone.returncode != 0:
-            sys.exit(alone.stderr[-3000:])
-        alone_tokens = int(alone.stdout.split("generated=")[1])
+        if alone.returncode != 0 or "generated=" not in alone.stdout:
+            sys.exit(f"vLLM alone failed ({alone.returncode}):\n{alone.stderr[-3000:]}")
+        alone_tokens = int(alone.stdout.split("generated=")[1].split()[0])  # vLLM logs to stdout after it
         engine_s, engine_tokens = submit(folder, data, args.new, env, "engine=vllm")
         rows = [
             f"| vLLM alone, one LLM.generate over every prompt (fp32) | {alone_s:.1f} | {alone_tokens} | "
