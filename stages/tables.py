@@ -139,7 +139,7 @@ class ReadTable(Stage):
         return values, positions, [None] * table.num_rows
 
     def _text(self, split: dict, wanted: list[str]):
-        lines = list(_lines(split))
+        lines = _lines(split)  # one line at a time: a split is never held whole
         if split["format"] == "jsonl":
             return _json_rows(lines, wanted)
         return _csv_rows(split, lines, wanted)
