@@ -1,8 +1,9 @@
 """Benchmark: the doc-embeddings job against two baselines doing the same work.
 
-    python benchmarks/doc_embeddings.py [--docs 1000] [--repeat 1]
+    python benchmarks/doc_embeddings.py [--docs 1000] [--repeat 1] [--corpus DIR]
 
-Generates a corpus (headrace demo-data: short pages and long ones), then times, as whole
+Generates a corpus (headrace demo-data: short pages and long ones), or takes a folder of
+real documents (``--corpus``, e.g. the Rust books that rustup installs), then times, as whole
 processes including start-up: (a) a single-process loop with torch on all cores, in fp32
 and (a') in bf16 autocast, (a'') Daft's native runner with a class UDF (when the bench
 extra is installed, as `make bench` does), (b) an idiomatic hand-written Ray Data script, (c) `headrace
@@ -77,14 +78,17 @@ def main() -> None:
     parser.add_argument("--only", choices=["loop", "loop-bf16", "raydata", "daft", "daft-bf16", "headrace", "headrace-fp32", "headrace-nogroup"],
                         action="append", help="default: all but headrace-nogroup")
     parser.add_argument("--no-record", action="store_true", help="print, do not append to RESULTS.md")
+    parser.add_argument("--corpus", help="a folder of real documents instead of the generated corpus (--docs is ignored)")
     args = parser.parse_args()
 
-    corpus = os.path.join(WORK, f"corpus-{args.docs}")
+    corpus = os.path.abspath(args.corpus) if args.corpus else os.path.join(WORK, f"corpus-{args.docs}")
     if not os.path.isdir(corpus):
         from pipelines.demo_data import write_documents
 
         write_documents(corpus, count=args.docs, seed=2026)
     files = sum(len(f) for _, _, f in os.walk(corpus))
+    what = f"the documents under {args.corpus}" if args.corpus else "documents"
+    command = f"--corpus {args.corpus}" if args.corpus else f"--docs {args.docs}"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     python = sys.executable
     commands = {
@@ -125,9 +129,10 @@ def main() -> None:
         times[name] = best
 
     lines = [
-        f"### doc-embeddings, {files} documents — {dt.date.today().isoformat()}",
+        f"### doc-embeddings, {files} {what} — {dt.date.today().isoformat()}",
         "",
-        f"Machine: {machine()}. Command: `make bench` (`python benchmarks/doc_embeddings.py --docs {args.docs} --repeat {args.repeat}`).",
+        f"Machine: {machine()}. Command: `{'' if args.corpus else 'make bench` (`'}python benchmarks/doc_embeddings.py "
+        f"{command} --repeat {args.repeat}`{'' if args.corpus else ')'}.",
         "Whole-process wall time, start-up included; best of the repeats.",
         "",
         "| run | wall s | docs/s | vs loop (fp32) | vs loop, same precision | vs hand-written Ray Data | vs Daft, same precision | EmbedText forward share of actor time |",

@@ -1,10 +1,12 @@
 """Benchmark: the EmbedText stage against the bare model, in headrace's CPU process layout.
 
-    python benchmarks/model_stage.py [--rows 1024] [--no-record]
+    python benchmarks/model_stage.py [--rows 1024] [--mix demo|short|corpus] [--corpus DIR] [--no-record]
 
 Two length mixes: the demo corpus's chunks (benchmarks/work/corpus-1000, the
 doc-embeddings benchmark's corpus, 73% full 256-token chunks) in the order the job meets
-them, and records of every length from 8 to 256 tokens (log-normal); as 64-row batches dealt alternately to one-thread processes, one per core, started side
+them, records of every length from 8 to 256 tokens (log-normal), and, with ``--corpus``,
+the chunks of a folder of real documents (e.g. the Rust books that rustup installs) in
+file order; as 64-row batches dealt alternately to one-thread processes, one per core, started side
 by side (how headrace runs CPU model actors). Rows/s counts from model loaded to last
 batch done, all processes together. Per precision (fp32, bf16 autocast):
 
@@ -43,18 +45,28 @@ def mixed_chunks(rows: int):
     return pa.table({"input_ids": pa.array(ids, pa.list_(pa.int32()))})
 
 
-def chunks(mix: str, rows: int):
-    return corpus_chunks(rows) if mix == "demo" else mixed_chunks(rows)
+def chunks(mix: str, rows: int, corpus: str | None = None):
+    if mix == "short":
+        return mixed_chunks(rows)
+    return corpus_chunks(rows, corpus if mix == "corpus" else None)
 
 
-def corpus_chunks(rows: int):
+def corpus_chunks(rows: int, corpus: str | None = None):
+    """The chunks of ``corpus`` (default: the generated demo corpus), cached as Parquet."""
+    import hashlib
+
     import pyarrow.parquet as pq
 
-    cache = os.path.join(WORK, "chunks-1000.parquet")
+    if corpus is None:
+        cache = os.path.join(WORK, "chunks-1000.parquet")
+    else:
+        corpus = os.path.abspath(corpus)
+        cache = os.path.join(WORK, f"chunks-{hashlib.sha1(corpus.encode()).hexdigest()[:12]}.parquet")
     if not os.path.exists(cache):
         from baselines import chunk, list_files, to_text
 
-        corpus = os.path.join(WORK, "corpus-1000")
+        if corpus is None:
+            corpus = os.path.join(WORK, "corpus-1000")
         if not os.path.isdir(corpus):
             from pipelines.demo_data import write_documents
 
@@ -108,10 +120,10 @@ def stage(batches, precision, buckets=False):
     return time.perf_counter() - started
 
 
-def _child(variant, precision, mix, rows, index, processes, queue):
+def _child(variant, precision, mix, rows, corpus, index, processes, queue):
     os.environ.pop("ONEDNN_PRIMITIVE_CACHE_CAPACITY", None)  # each variant's own default
     sys.path[:0] = [ROOT, HERE]
-    table = chunks(mix, rows)
+    table = chunks(mix, rows, corpus)
     batches = [table.slice(i, BATCH) for i in range(index * BATCH, table.num_rows, processes * BATCH)]
     count = sum(b.num_rows for b in batches)
     if variant == "bare":
@@ -121,10 +133,10 @@ def _child(variant, precision, mix, rows, index, processes, queue):
     queue.put((count, seconds))
 
 
-def run(variant: str, precision: str, mix: str, rows: int, processes: int) -> float:
+def run(variant: str, precision: str, mix: str, rows: int, processes: int, corpus: str | None = None) -> float:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    workers = [context.Process(target=_child, args=(variant, precision, mix, rows, i, processes, queue))
+    workers = [context.Process(target=_child, args=(variant, precision, mix, rows, corpus, i, processes, queue))
                for i in range(processes)]
     for worker in workers:
         worker.start()
@@ -137,10 +149,17 @@ def run(variant: str, precision: str, mix: str, rows: int, processes: int) -> fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1024)
-    parser.add_argument("--mix", choices=["demo", "short"], action="append",
-                        help="demo: the demo corpus's chunks; short: records of 8..256 tokens (default: both)")
+    parser.add_argument("--mix", choices=["demo", "short", "corpus"], action="append",
+                        help="demo: the demo corpus's chunks; short: records of 8..256 tokens; corpus: the chunks "
+                             "of --corpus (default: demo and short, and corpus where --corpus is given)")
+    parser.add_argument("--corpus", help="a folder of real documents, for --mix corpus")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
+    if "corpus" in (args.mix or []) and not args.corpus:
+        parser.error("--mix corpus needs --corpus DIR")
+    mixes = args.mix or ["demo", "short", *(["corpus"] if args.corpus else [])]
+    command = " ".join([f"--rows {args.rows}", *(f"--mix {m}" for m in args.mix or []),
+                        *([f"--corpus {args.corpus}"] if args.corpus else [])])
     sys.path[:0] = [ROOT, HERE]
     from doc_embeddings import machine, publish
 
@@ -150,20 +169,22 @@ def main() -> None:
     lines = [
         f"### EmbedText stage vs the bare model — {dt.date.today().isoformat()}",
         "",
-        f"Machine: {machine()}. Command: `python benchmarks/model_stage.py --rows {args.rows}`. "
+        f"Machine: {machine()}. Command: `python benchmarks/model_stage.py {command}`. "
         f"{processes} one-thread processes side by side, rows/s from model loaded to last batch.",
         "",
         "| rows | precision | bare model rows/s | stage rows/s | stage / bare | stage, pad_to_buckets rows/s | buckets / bare |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for mix in args.mix or ["demo", "short"]:
-        table = chunks(mix, args.rows)
+    for mix in mixes:
+        table = chunks(mix, args.rows, args.corpus)
         lengths = pc.list_value_length(table.column("input_ids"))
         full = pc.sum(pc.equal(lengths, 256)).as_py() / table.num_rows
-        label = (f"{table.num_rows} demo-corpus chunks ({full:.0%} full)" if mix == "demo" else
-                 f"{table.num_rows} records of 8..256 tokens (median {int(pc.approximate_median(lengths).as_py())})")
+        median = int(pc.approximate_median(lengths).as_py())
+        label = {"demo": f"{table.num_rows} demo-corpus chunks ({full:.0%} full)",
+                 "short": f"{table.num_rows} records of 8..256 tokens (median {median})",
+                 "corpus": f"{table.num_rows} chunks of {args.corpus} ({full:.0%} full, median {median} tokens)"}[mix]
         for precision in ("fp32", "bf16"):
-            speeds = {v: run(v, precision, mix, args.rows, processes) for v in ("bare", "stage", "stage-buckets")}
+            speeds = {v: run(v, precision, mix, args.rows, processes, args.corpus) for v in ("bare", "stage", "stage-buckets")}
             print(mix, precision, {k: round(v, 1) for k, v in speeds.items()}, flush=True)
             lines.append(f"| {label} | {precision} | {speeds['bare']:.1f} | {speeds['stage']:.1f} | "
                          f"{speeds['stage'] / speeds['bare']:.2f}x | {speeds['stage-buckets']:.1f} | "
