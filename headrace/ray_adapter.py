@@ -343,6 +343,7 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
     # from_blocks keeps the blocks as they are and computes their metadata here; from_arrow
     # runs a task per block for it (0.4 s of a small run, a worker start included).
     dataset = ray.data.from_blocks(blocks)
+    before = None  # the previous op's (num_cpus, memory) where Ray Data may fuse the next op into it
     for (stage, schema), placement in zip(pipeline.stage_schemas(), placements):
         on_gpu = placement.device == "cuda" and stage.gpu_batch_size
         common = dict(
@@ -352,6 +353,16 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
             memory=stage.memory,
             zero_copy_batch=True,
         )
+        fused = stage.fuse and not placement.gpus and before == (placement.cpus, stage.memory)
+        if fused and placement.actors is not None:
+            # Ray Data fuses the CPU stages before into this pool, and a fused task takes
+            # as many *input* rows as the largest batch size of its ops: the model's 64
+            # rows would become 64 files per task, so few tasks that the last ones keep
+            # one actor busy while the others idle. The pool's calls instead take what
+            # the stage before made of one of its batches, whole (the model cuts its own
+            # micro-batches by tokens).
+            common["batch_size"] = None
+        before = (placement.cpus, stage.memory) if stage.fuse and placement.actors is None else None
         if not stage.fuse:
             # Ray Data never fuses an op that has a ray_remote_args_fn (deprecated in Ray
             # 2.60, removed in 2.64: that upgrade needs another way to keep ops apart).

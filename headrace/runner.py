@@ -180,12 +180,17 @@ def list_inputs(pipeline: Pipeline, engine: EngineConf) -> tuple[pa.Table, str |
 
 
 def list_inputs_with_sizes(pipeline: Pipeline, engine: EngineConf) -> tuple[pa.Table, str | None, dict | None]:
-    """As list_inputs, with the histogram of input sizes where the source knows them."""
+    """As list_inputs, with the histogram of input sizes where the source knows them.
+
+    Where it does, the inputs come largest first: the run ends on its smallest inputs, so
+    that the last batches, which some actors finish while the others already idle, are
+    short (with 2 model actors on 542 pages of the Rust books, the second actor idled for
+    the last 10 s of an 87 s run in listing order)."""
     source = pipeline.source
     try:
         if hasattr(source, "list_with_sizes"):
             inputs, sizes = source.list_with_sizes()
-            return inputs, None, size_histogram(sizes)
+            return largest_first(inputs, sizes), None, size_histogram(sizes)
         return source.list(), None, None
     except NoInputs as exc:
         if not engine.allow_empty_input:
@@ -195,6 +200,14 @@ def list_inputs_with_sizes(pipeline: Pipeline, engine: EngineConf) -> tuple[pa.T
         warning = f"{exc}: an empty partition is committed ({ENGINE_PREFIX}allow_empty_input)"
         log.warning(warning)
         return pipeline.source.schema.empty_table(), warning, None
+
+
+def largest_first(inputs: pa.Table, sizes: pa.Array) -> pa.Table:
+    """``inputs`` by decreasing size; those of unknown size last; ties in listing order."""
+    if len(sizes) != inputs.num_rows or not inputs.num_rows:
+        return inputs
+    order = pc.sort_indices(pa.table({"size": pc.fill_null(sizes, -1)}), sort_keys=[("size", "descending")])
+    return inputs.take(order)
 
 
 def size_histogram(sizes: pa.Array) -> dict:

@@ -138,3 +138,37 @@ def test_length_grouping_changes_neither_rows_nor_embeddings(embedded, tmp_path)
     assert grouped.keys() == ungrouped.keys()
     cosine = [float(np.dot(grouped[k], ungrouped[k])) for k in grouped]
     assert min(cosine) >= 0.999
+
+
+def test_a_small_run_is_cut_into_many_model_calls_largest_inputs_first(ray_cluster, tmp_path):
+    """On CPU Ray Data fuses the text stages into the model's actors, and a fused task takes
+    as many input rows as its largest batch size: with the model's 64, these 40 files
+    (fewer than 64 chunks) were one task and one model call, which one actor did while
+    the others idled. A task now takes about one ChunkText batch of files (16), the model
+    takes all it made at once, and the inputs go largest first, so that the last calls
+    of a run are short."""
+    from headrace.runner import list_inputs
+
+    directory = str(tmp_path / "in")
+    good_corpus(directory, count=40, seed=5, long_every=1000)  # one long document
+    pipeline = doc_embeddings(input=directory, output=str(tmp_path / "out"))
+    inputs, _ = list_inputs(pipeline, QUIET)
+    sizes = [os.path.getsize(uri.removeprefix("file://")) for uri in inputs.column("source").to_pylist()]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1]
+    result = headrace.run(pipeline, DS, QUIET)
+    batches = {}
+    for node in result.manifest["nodes"]:
+        for stage, count in node["batches"].items():
+            batches[stage] = batches.get(stage, 0) + count
+    assert result.manifest["counts"]["input_with_output"] == 40 and result.manifest["counts"]["output"] < 64
+    assert batches["ChunkText"] >= batches["EmbedText"] >= 2
+
+
+def test_inputs_of_unknown_size_come_last_in_listing_order():
+    import pyarrow as pa
+
+    from headrace.runner import largest_first
+
+    inputs = pa.table({"id": ["a", "b", "c", "d", "e"]})
+    ordered = largest_first(inputs, pa.array([10, None, 30, 30, None], pa.int64()))
+    assert ordered.column("id").to_pylist() == ["c", "d", "a", "b", "e"]
