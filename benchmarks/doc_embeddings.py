@@ -87,7 +87,7 @@ def main() -> None:
 
         write_documents(corpus, count=args.docs, seed=2026)
     files = sum(len(f) for _, _, f in os.walk(corpus))
-    what = f"the documents under {args.corpus}" if args.corpus else "documents"
+    what = f"documents under {args.corpus}" if args.corpus else "documents"
     command = f"--corpus {args.corpus}" if args.corpus else f"--docs {args.docs}"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     python = sys.executable
