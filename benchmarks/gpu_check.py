@@ -38,12 +38,13 @@ sys.path[:0] = [ROOT, HERE]
 
 class Sampler:
     """GPU busy share and memory used, sampled in a thread: by NVML (nvidia-smi's source)
-    where pynvml is installed, else by ``nvidia-smi --loop-ms``."""
+    where pynvml is installed, else by ``nvidia-smi --loop-ms``. ``enabled=False`` (on
+    CPU) samples nothing and starts no thread."""
 
-    def __init__(self, every_s: float = 0.05):
+    def __init__(self, every_s: float = 0.05, enabled: bool = True):
         self.every_s, self.busy, self.memory = every_s, [], []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread = threading.Thread(target=self._loop, daemon=True) if enabled else None
 
     def _loop(self):
         index = int((os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0])
@@ -66,12 +67,14 @@ class Sampler:
                 self.memory.append(used * 2**20)
 
     def __enter__(self):
-        self._thread.start()
+        if self._thread:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
-        self._thread.join()
+        if self._thread:
+            self._thread.join()
 
     def busy_share(self) -> float:
         return sum(self.busy) / len(self.busy) / 100 if self.busy else 0.0
@@ -95,20 +98,9 @@ def chunk_batches(rows: int, batch_rows: int):
     return [table.slice(i, batch_rows) for i in range(0, rows, batch_rows)]
 
 
-class NoSampler:
-    """Stands in for Sampler on CPU: nothing to sample."""
-
-    busy: list = []
-    memory: list = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-    def busy_share(self) -> float:
-        return 0.0
+def job_flags(device: str) -> list[str]:
+    """The flags the end-to-end job runs with beyond its configuration."""
+    return ["--require-gpu"] if device == "cuda" else []
 
 
 def stage_vs_bare(rows: int, device: str = "cuda") -> dict:
@@ -127,7 +119,7 @@ def stage_vs_bare(rows: int, device: str = "cuda") -> dict:
     sync()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    with Sampler() if cuda else NoSampler() as sampler:
+    with Sampler(enabled=cuda) as sampler:
         started = time.perf_counter()
         for batch in batches:
             stage.process(batch)
@@ -164,9 +156,9 @@ def end_to_end(docs: int, device: str = "cuda", work: str = WORK) -> dict:
     output, report = os.path.join(work, f"out-gpu-{device}"), os.path.join(work, f"report-gpu-{device}.json")
     subprocess.run(["rm", "-rf", output], check=True)
     command = [sys.executable, "-m", "headrace.cli", "submit", "pipelines/doc_embeddings.py", "--ds", "2026-01-01",
-               *(["--require-gpu"] if device == "cuda" else []), "--conf", f"input={corpus}", "--conf", f"output={output}",
+               *job_flags(device), "--conf", f"input={corpus}", "--conf", f"output={output}",
                "--conf", "headrace.progress=false", "--report", report]
-    with Sampler(every_s=0.1) if device == "cuda" else NoSampler() as sampler:
+    with Sampler(every_s=0.1, enabled=device == "cuda") as sampler:
         started = time.perf_counter()
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                                 env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
@@ -202,9 +194,9 @@ def main() -> None:
     stage = stage_vs_bare(args.rows, args.device)
     print("stage vs bare:", json.dumps(stage), flush=True)
     job = end_to_end(args.docs, args.device, args.work)
-    print(f"doc-embeddings{' --require-gpu' if args.device == 'cuda' else ''}:", json.dumps(job), flush=True)
+    flags = "".join(f" {flag}" for flag in job_flags(args.device))
+    print(f"doc-embeddings{flags}:", json.dumps(job), flush=True)
     rehearsal = args.device == "cpu"
-    job_flags = "" if rehearsal else " --require-gpu"
     lines = [
         f"### GPU check{' (rehearsal on CPU)' if rehearsal else ''} — {dt.date.today().isoformat()}",
         "",
@@ -216,11 +208,11 @@ def main() -> None:
         f"| bare torch loop, same pre-padded micro-batches ({stage['precision']}) | {stage['bare_rows_s']:.0f} | 1.00x | - | - |",
         f"| EmbedText stage, {stage['batch_rows']}-row batches, {stage['micro_batch_tokens']:,}-token micro-batches | "
         f"{stage['stage_rows_s']:.0f} | {stage['ratio']:.2f}x | {stage['busy']:.0%} | {stage['peak_gib']:.2f} GiB |",
-        f"| doc-embeddings{job_flags}, {job['docs']} docs, whole process {job['wall_s']:.1f} s "
+        f"| doc-embeddings{flags}, {job['docs']} docs, whole process {job['wall_s']:.1f} s "
         f"(forward {job['forward']:.0%} of actor time) | {job['rows'] / job['wall_s']:.0f} | - | {job['busy']:.0%} | "
         f"{job['peak_gib']:.2f} GiB (card) |",
     ]
-    publish(lines, record=not args.no_record and args.device == "cuda")
+    publish(lines, record=not args.no_record and not rehearsal)
 
 
 if __name__ == "__main__":
