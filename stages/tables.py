@@ -9,8 +9,9 @@ import json
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from headrace import Stage
+from headrace import PipelineError, Stage
 from headrace.envelope import NO_RECORDS, ROW_ERROR
 from headrace.tables import SPLIT_SCHEMA
 
@@ -52,6 +53,10 @@ class ReadTable(Stage):
         self.required = tuple(required)
         self.rename = dict(rename or {})
         self.html_to_text = html_to_text
+        unknown = [name for name in self.required if name not in self.columns]
+        if unknown:
+            raise PipelineError(f"ReadTable: required column {', '.join(map(repr, unknown))} is not one of its "
+                              f"columns ({', '.join(map(repr, self.columns))})")
         self.adds = {"record_id": pa.string(), **{self.rename.get(n, n): t for n, t in self.columns.items()}}
 
     def process(self, batch: pa.Table) -> pa.Table:
@@ -63,18 +68,26 @@ class ReadTable(Stage):
     def _read(self, split: dict) -> pa.Table:
         wanted = list(dict.fromkeys([*self.columns, *([self.id_column] if self.id_column else [])]))
         if split["format"] == "parquet":
-            values, positions, errors = self._parquet(split, wanted)
-        elif split["format"] == "warc":
+            return self._read_parquet(split, wanted)
+        if split["format"] == "warc":
             values, positions, errors = _warc_rows(split, wanted, self.html_to_text)
         else:
             values, positions, errors = self._text(split, wanted)
-        uri = split["source"]
         if not positions:
-            # A byte range in which no line or record starts, an empty row group or file:
-            # the split is accounted as holding no records (one marker row, never output).
-            schema = self._empty().schema
-            row = {**dict.fromkeys(schema.names), "split_id": split["split_id"], "source": uri, ROW_ERROR: NO_RECORDS}
-            return pa.Table.from_pylist([row], schema=schema)
+            return self._no_records(split)
+        return self._rows(split, values, positions, errors)
+
+    def _no_records(self, split: dict) -> pa.Table:
+        """A byte range in which no line or record starts, an empty row group or file: the
+        split is accounted as holding no records (one marker row, never output)."""
+        schema = self._empty().schema
+        row = {**dict.fromkeys(schema.names), "split_id": split["split_id"], "source": split["source"],
+               ROW_ERROR: NO_RECORDS}
+        return pa.Table.from_pylist([row], schema=schema)
+
+    def _rows(self, split: dict, values: dict, positions: list, errors: list) -> pa.Table:
+        """Rows from Python values, each checked against its column's declared type."""
+        uri = split["source"]
         where = "row" if split["format"] == "parquet" else "offset"
         errors = [None if e is None else f"{uri} {where} {p}: {e}" for e, p in zip(errors, positions)]
         ids = []
@@ -88,7 +101,8 @@ class ReadTable(Stage):
                 ids.append(f"{uri}#{position}" if where == "row" else f"{uri}@{position}")
         columns = {"split_id": [split["split_id"]] * len(positions), "source": [uri] * len(positions), "record_id": ids}
         for name, kind in self.columns.items():
-            columns[name] = self._column(values[name], kind, name, errors, positions, uri, where)
+            columns[name] = self._column(values[name], kind, name, errors, positions, uri, where,
+                                         text=split["format"] == "csv")
         for name in self.required:
             for row, value in enumerate(columns[name]):
                 if errors[row] is None and (value is None or value == ""):
@@ -101,27 +115,27 @@ class ReadTable(Stage):
         })
         return table.append_column(ROW_ERROR, pa.array(errors, pa.string()))
 
-    def _column(self, values, kind, name, errors, positions, uri, where) -> list:
+    def _column(self, values, kind, name, errors, positions, uri, where, text=False) -> list:
         """Python values of one column, checked against its declared type: the whole
-        column at once, and row by row only when some value does not fit."""
-        try:
-            pa.array(values, kind)
+        column at once, and row by row only when some value does not fit. ``text``: the
+        values are CSV fields, parsed as ``kind`` first (``_parsed``)."""
+        if text and not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            values = _parsed(values, kind)
+        if _fits(values, kind):
             return values
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-            pass
         out = []
         for row, value in enumerate(values):
-            if value is not None:
-                try:
-                    pa.array([value], kind)
-                except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-                    if errors[row] is None:
-                        errors[row] = f"{uri} {where} {positions[row]}: column {name!r}: {value!r:.80} is not {kind}"
-                    value = None
+            if value is not None and not _fits([value], kind):
+                if errors[row] is None:
+                    errors[row] = f"{uri} {where} {positions[row]}: column {name!r}: {value!r:.80} is not {kind}"
+                value = None
             out.append(value)
         return out
 
-    def _parquet(self, split: dict, wanted: list[str]):
+    def _read_parquet(self, split: dict, wanted: list[str]) -> pa.Table:
+        """A row group's rows, kept in Arrow: a column whose type in the file is the
+        declared one (or holds the same values: dictionary-encoded, large strings) is
+        used as read; any other goes through ``_rows``' check value by value."""
         import pyarrow.parquet as pq
 
         fs, path = fsspec.core.url_to_fs(split["source"])
@@ -133,10 +147,42 @@ class ReadTable(Stage):
                                f"(it has {', '.join(reader.schema_arrow.names)})")
             group = split["row_group"]
             table = reader.read_row_group(group, columns=wanted) if group >= 0 else reader.read(columns=wanted)
-        first = split["first_row"]
-        positions = (np.arange(table.num_rows) + first).tolist()
-        values = {name: table.column(name).to_pylist() for name in wanted}
-        return values, positions, [None] * table.num_rows
+        if table.num_rows == 0:
+            return self._no_records(split)
+        columns = {name: _as_declared(table.column(name), kind) for name, kind in self.columns.items()}
+        ids = None
+        if self.id_column:
+            ids = _as_declared(table.column(self.id_column), pa.string(), integers=True)
+        if ids is None and self.id_column or any(column is None for column in columns.values()):
+            positions = (np.arange(table.num_rows) + split["first_row"]).tolist()
+            values = {name: table.column(name).to_pylist() for name in wanted}
+            return self._rows(split, values, positions, [None] * table.num_rows)
+        uri, n, first = split["source"], table.num_rows, split["first_row"]
+        errors: dict[int, str] = {}
+        if ids is None:
+            numbers = pc.cast(pa.array(np.arange(first, first + n)), pa.string())
+            ids = pc.binary_join_element_wise(f"{uri}#", numbers, "")
+        else:
+            for row in _rows_where(pc.is_null(ids)):
+                errors.setdefault(row, f"{uri} row {first + row}: id column {self.id_column!r} is null")
+        for name in self.required:
+            column = columns[name]
+            missing = pc.is_null(column)
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                missing = pc.or_kleene(missing, pc.equal(pc.utf8_length(column), 0))
+            for row in _rows_where(missing):
+                state = "null" if not column[row].is_valid else "empty"
+                errors.setdefault(row, f"{uri} row {first + row}: {name} is {state}")
+        error_column = pa.nulls(n, pa.string())
+        if errors:
+            error_column = pa.array([errors.get(row) for row in range(n)], pa.string())
+        return pa.table({
+            "split_id": pa.repeat(pa.scalar(split["split_id"], pa.string()), n),
+            "source": pa.repeat(pa.scalar(uri, pa.string()), n),
+            "record_id": ids,
+            **{self.rename.get(name, name): column for name, column in columns.items()},
+            ROW_ERROR: error_column,
+        })
 
     def _text(self, split: dict, wanted: list[str]):
         lines = _lines(split)  # one line at a time: a split is never held whole
@@ -256,3 +302,56 @@ def _csv_header(split: dict) -> list[str]:
         handle = gzip.GzipFile(fileobj=raw) if split["compression"] == "gzip" else raw
         first = handle.readline().decode("utf-8-sig")
     return next(csv.reader([first]), [])
+
+
+def _as_declared(column: pa.ChunkedArray, kind: pa.DataType, integers: bool = False) -> pa.ChunkedArray | None:
+    """``column`` as ``kind`` where it holds exactly the values ``pa.array(column.to_pylist(),
+    kind)`` would make (the same type, dictionary-encoded, large or small offsets; with
+    ``integers``, an integer column as its decimal strings, which is ``str(value)``), else None."""
+    given = column.type
+    if pa.types.is_dictionary(given):
+        given = given.value_type
+    same = given == kind or {given, kind} in ({pa.string(), pa.large_string()}, {pa.binary(), pa.large_binary()})
+    if not (same or integers and pa.types.is_integer(given) and pa.types.is_string(kind)):
+        return None
+    try:
+        return column.cast(kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # e.g. over 2 GiB of strings in one chunk
+        return None
+
+
+def _rows_where(mask: pa.ChunkedArray) -> list[int]:
+    """The row numbers where a boolean column is true."""
+    if not pc.any(mask).as_py():
+        return []
+    return np.flatnonzero(mask.to_numpy(zero_copy_only=False)).tolist()
+
+
+def _fits(values: list, kind: pa.DataType) -> bool:
+    """Whether Arrow takes ``values`` as ``kind`` without losing anything. ``pa.array``
+    truncates a float to an integer type (2.5 -> 2) without a word; that is a wrong type."""
+    if pa.types.is_integer(kind) and any(type(v) is float and not v.is_integer() for v in values):
+        return False
+    try:
+        pa.array(values, kind)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def _parsed(fields: list, kind: pa.DataType) -> list:
+    """CSV fields (strings) as values of ``kind``, parsed as Arrow casts text (numbers,
+    ``true``/``false``, ISO dates and timestamps); an empty field is null, as in Spark's CSV
+    reader. A field that does not parse stays a string, and the type check then says so."""
+    strings = pa.array([None if field == "" else field for field in fields], pa.string())
+    try:
+        return strings.cast(kind).to_pylist()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    out = []
+    for field in strings.to_pylist():
+        try:
+            out.append(None if field is None else pa.array([field]).cast(kind)[0].as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            out.append(field)
+    return out

@@ -116,6 +116,55 @@ def test_rows_of_parquet_jsonl_csv_and_gzip_each_once_bad_ones_quarantined_with_
     assert result.manifest["counts"]["input_empty"] == 1
 
 
+def test_parquet_rows_the_same_whatever_the_file_stores_them_as(tmp_path):
+    """Columns stored as declared are kept in Arrow, the rest checked value by value: the
+    rows and reasons do not depend on which (dictionary-encoded or large strings, integer
+    ids, a float where an int is declared)."""
+    def read(table, **kwargs):
+        path = tmp_path / f"t{len(os.listdir(tmp_path))}.parquet"
+        pq.write_table(table, path, row_group_size=3)
+        splits = Tables(str(path)).list()
+        reader = ReadTable(**kwargs)
+        return pa.concat_tables(reader.process(splits.slice(i, 1)) for i in range(splits.num_rows))
+
+    texts = ["a", "", None, "d", "e"]
+    for stored in (pa.array(texts), pa.array(texts).dictionary_encode(), pa.array(texts, pa.large_string())):
+        out = read(pa.table({"id": pa.array([10, 11, 12, None, 14], pa.int32()), "text": stored}),
+                   columns={"text": pa.string()}, id_column="id", required=("text",), rename={"text": "body"})
+        assert out.schema.field("body").type == pa.string() and out.schema.field("record_id").type == pa.string()
+        assert out.column("record_id").to_pylist() == ["10", "11", "12", None, "14"]
+        assert out.column("body").to_pylist() == texts
+        assert [e and e.split(": ", 1)[1] for e in out.column("_row_error").to_pylist()] == [
+            None, "text is empty", "text is null", "id column 'id' is null", None]
+        for row, error in enumerate(out.column("_row_error").to_pylist()):
+            assert error is None or error.split(": ", 1)[0].endswith(f".parquet row {row}")  # across row groups
+    out = read(pa.table({"n": [1.0, 2.5, None, 4.0]}), columns={"n": pa.int64()})
+    assert out.column("record_id").to_pylist()[0].endswith(".parquet#0")
+    assert out.column("n").to_pylist() == [1, None, None, 4]
+    assert [e and e.split(": ", 1)[1] for e in out.column("_row_error").to_pylist()] == [
+        None, "column 'n': 2.5 is not int64", None, None]
+    with pytest.raises(headrace.PipelineError, match="required column 'body' is not one of its columns"):
+        ReadTable({"text": pa.string()}, required=("body",))
+
+
+def test_csv_fields_are_parsed_as_their_declared_types_and_json_floats_are_not_cut_to_ints(tmp_path):
+    write(str(tmp_path), "t.csv", b"id,n,score,ok,day\n"
+          b"a,1,0.5,true,2026-11-28\nb,,1e3,false,\nc,x,0.25,1,2026-11-28\nd,2.5,nan,yes,28/11/2026\n")
+    write(str(tmp_path), "t.jsonl", b'{"id": "a", "n": 1}\n{"id": "b", "n": 2.0}\n{"id": "c", "n": 2.5}\n')
+    kinds = {"n": pa.int64(), "score": pa.float64(), "ok": pa.bool_(), "day": pa.date32()}
+    splits = Tables(str(tmp_path / "t.csv")).list()
+    out = ReadTable(kinds, id_column="id").process(splits).to_pylist()
+    assert [row["n"] for row in out] == [1, None, None, None]
+    assert [row["ok"] for row in out] == [True, False, True, None]
+    assert str(out[0]["day"]) == "2026-11-28" and out[1]["day"] is None and out[1]["score"] == 1000.0
+    errors = [row["_row_error"] and row["_row_error"].split(": ", 1)[1] for row in out]
+    assert errors == [None, None, "column 'n': 'x' is not int64", "column 'n': '2.5' is not int64"]
+    splits = Tables(str(tmp_path / "t.jsonl")).list()
+    out = ReadTable({"n": pa.int64()}, id_column="id").process(splits).to_pylist()
+    assert [row["n"] for row in out] == [1, 2, None]
+    assert out[2]["_row_error"].endswith("column 'n': 2.5 is not int64")
+
+
 def test_a_missing_column_quarantines_the_split_and_says_which(ray_cluster, tables, tmp_path):
     folder, _, _ = tables
     pipeline = Pipeline(
