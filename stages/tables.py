@@ -10,12 +10,16 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from fsspec.implementations.local import LocalFileSystem
 
 from headrace import PipelineError, Stage
 from headrace.envelope import NO_RECORDS, ROW_ERROR
 from headrace.tables import SPLIT_SCHEMA
 
 SPLIT_COLUMNS = tuple(f.name for f in SPLIT_SCHEMA)
+FOOTERS_KEPT = 16  # Parquet footers a worker process keeps parsed (most recently used)
+_FOOTERS: dict = {}  # (URI, version) -> pq.FileMetaData, oldest first
+_VERSION_FIELDS = ("size", "mtime", "ETag", "etag", "generation", "LastModified", "updated")
 
 
 class ReadTable(Stage):
@@ -139,8 +143,18 @@ class ReadTable(Stage):
         import pyarrow.parquet as pq
 
         fs, path = fsspec.core.url_to_fs(split["source"])
-        with fs.open(path, "rb") as handle:
-            reader = pq.ParquetFile(handle)
+        local = isinstance(fs, LocalFileSystem)
+        with pa.OSFile(path) if local else fs.open(path, "rb") as handle:
+            # A file of N row groups is N splits, each reading its footer (O(N) bytes): O(N^2)
+            # for the file without a cache (2,000 groups: 5.5 ms a split, 1.4 MB fetched each
+            # time from a bucket). The footer is parsed once per worker process and version.
+            details = None if local else getattr(handle, "details", None)
+            key = (split["source"], _version(details or fs.info(path)))
+            metadata = _FOOTERS.pop(key, None)
+            reader = pq.ParquetFile(handle, metadata=metadata)
+            _FOOTERS[key] = reader.metadata
+            while len(_FOOTERS) > FOOTERS_KEPT:
+                _FOOTERS.pop(next(iter(_FOOTERS)))
             missing = [c for c in wanted if c not in reader.schema_arrow.names]
             if missing:
                 raise KeyError(f"{split['source']} has no column {', '.join(map(repr, missing))} "
@@ -355,3 +369,9 @@ def _parsed(fields: list, kind: pa.DataType) -> list:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             out.append(field)
     return out
+
+
+def _version(details: dict) -> tuple:
+    """What tells one version of a file from another: its size and whichever of its
+    modification time, ETag or generation the store gives."""
+    return tuple(str(details.get(field)) for field in _VERSION_FIELDS)

@@ -7,12 +7,13 @@ import json
 import os
 import random
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 import headrace
-from conftest import QUIET, write
+from conftest import QUIET, bucket, write
 from headrace import Pipeline, output_sink
 from headrace.tables import Tables
 from stages.tables import ReadTable, _lines
@@ -145,6 +146,29 @@ def test_parquet_rows_the_same_whatever_the_file_stores_them_as(tmp_path):
         None, "column 'n': 2.5 is not int64", None, None]
     with pytest.raises(headrace.PipelineError, match="required column 'body' is not one of its columns"):
         ReadTable({"text": pa.string()}, required=("body",))
+
+
+@pytest.mark.parametrize("protocol", ["file", "s3", "gs"])
+def test_a_parquet_file_rewritten_is_read_anew_not_from_the_footer_a_worker_kept(request, protocol, tmp_path):
+    """Footers are kept parsed per worker process (a file of N row groups is N splits); a
+    new version of the file is never read with the old footer (it would fail, or worse)."""
+    if protocol == "file":
+        url = f"file://{tmp_path}/t.parquet"
+    else:
+        request.getfixturevalue({"s3": "s3_server", "gs": "gcs_server"}[protocol])
+        name = f"footers-{protocol}"
+        bucket(protocol, name)
+        url = f"{protocol}://{name}/t.parquet"
+    read = ReadTable({"text": pa.string()})
+    texts = []
+    for words in (["a", "b", "c"], ["x", "y", "z", "w", "v"]):
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.table({"text": words}), sink, row_group_size=2)
+        fs, path = fsspec.core.url_to_fs(url)
+        fs.pipe(path, sink.getvalue().to_pybytes())
+        splits = Tables(url).list()
+        texts.append([t for i in range(splits.num_rows) for t in read.process(splits.slice(i, 1)).column("text").to_pylist()])
+    assert texts == [["a", "b", "c"], ["x", "y", "z", "w", "v"]]
 
 
 def test_csv_fields_are_parsed_as_their_declared_types_and_json_floats_are_not_cut_to_ints(tmp_path):
