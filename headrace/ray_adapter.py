@@ -332,14 +332,39 @@ def _no_extra_args() -> dict:
     return {}
 
 
-def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placement], ledger, watch):
-    """The streaming Dataset for ``inputs`` (a table of records from the source)."""
+def block_ranges(count: int, most: int, sizes: list | None = None, block_bytes: int | None = None) -> list[tuple[int, int]]:
+    """Consecutive [start, stop) ranges of ``count`` inputs, one per block (a task's work):
+    at most ``most`` inputs each and, where ``block_bytes`` and the inputs' sizes are
+    given, no more bytes than that, unless one input alone is larger (an input of unknown
+    size is a block of its own)."""
+    if not block_bytes or sizes is None or len(sizes) != count:
+        return [(i, min(count, i + most)) for i in range(0, count, most)]
+    ranges, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        size = block_bytes if size is None else size
+        if i > start and (i - start >= most or total + size > block_bytes):
+            ranges.append((start, i))
+            start, total = i, 0
+        total += size
+    if count:
+        ranges.append((start, count))
+    return ranges
+
+
+def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placement], ledger, watch,
+                  sizes: pa.Array | None = None):
+    """The streaming Dataset for ``inputs`` (a table of records from the source), with
+    their ``sizes`` in bytes where the source knows them."""
     for module in loader.FILE_MODULES:
         ray.cloudpickle.register_pickle_by_value(module)
     records = envelop(inputs)
-    # Small inputs still get enough blocks to keep every actor of a pool busy.
-    step = max(1, min(pipeline.source.files_per_block, -(-records.num_rows // MIN_BLOCKS)))
-    blocks = [records.slice(i, step) for i in range(0, records.num_rows, step)]
+    # Small inputs still get enough blocks to keep every actor of a pool busy. A source
+    # with ``block_bytes`` (table splits) packs small inputs together up to that size: a
+    # Ray task costs about 10 ms here, more than reading a 500-row Parquet row group.
+    most = max(1, min(pipeline.source.files_per_block, -(-records.num_rows // MIN_BLOCKS)))
+    ranges = block_ranges(records.num_rows, most, None if sizes is None else sizes.to_pylist(),
+                          getattr(pipeline.source, "block_bytes", None))
+    blocks = [records.slice(start, stop - start) for start, stop in ranges]
     # from_blocks keeps the blocks as they are and computes their metadata here; from_arrow
     # runs a task per block for it (0.4 s of a small run, a worker start included).
     dataset = ray.data.from_blocks(blocks)
@@ -430,9 +455,9 @@ class StagedParquetDatasink(Datasink):
 
 def execute(
     pipeline: Pipeline, inputs: pa.Table, placements: list[Placement], writer: PartWriter, broken_after: int,
-    progress_every_s: float | None = None,
+    progress_every_s: float | None = None, sizes: pa.Array | None = None,
 ) -> tuple[list[StagedPart], dict, list[dict], list[dict]]:
-    """Run the pipeline over ``inputs``, staging files.
+    """Run the pipeline over ``inputs`` (of ``sizes`` bytes, where known), staging files.
 
     Returns what every write task staged, the utilisation of each actor-pool stage and
     what ran on each node. Raises StageBroken when a stage fails systematically (see
@@ -453,7 +478,7 @@ def execute(
     poller.start()
     try:
         try:
-            build_dataset(pipeline, inputs, placements, ledger, _RemoteWatch(watch_actor)).write_datasink(sink)
+            build_dataset(pipeline, inputs, placements, ledger, _RemoteWatch(watch_actor), sizes).write_datasink(sink)
         except Exception as exc:
             # Ray Data passes on only the text of a task's exception; the watch knows what broke.
             broken = ray.get(watch_actor.first_broken.remote())

@@ -82,7 +82,7 @@ def run(
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
     worker_env = _storage_environment(engine.storage_options)
-    inputs, warning, input_sizes = list_inputs_with_sizes(pipeline, engine)
+    inputs, warning, input_sizes, sizes = list_inputs_with_sizes(pipeline, engine)
     warnings = [warning] if warning else []
     timings["list_s"] = time.perf_counter() - started
 
@@ -115,7 +115,9 @@ def run(
             log.warning("staged files of an earlier run for ds=%s discarded: %s", ds, resumed.discarded)
         if resumed.parts:
             staging.keep_complete(area, resumed, inputs.column(id_column).to_pylist(), id_column)
-        todo = _without(inputs, id_column, resumed.complete)
+        keep = _not_done(inputs, id_column, resumed.complete)
+        todo = inputs.filter(keep)
+        sizes = sizes.filter(keep) if sizes is not None else None
         if resumed.complete:
             log.warning(
                 "resuming ds=%s (attempt %d): %d of %d inputs were already staged; processing the other %d",
@@ -128,7 +130,7 @@ def run(
         if todo.num_rows:
             parts, utilisation, nodes, timeline = ray_adapter.execute(
                 pipeline, todo, placements, writer, engine.broken_stage_after,
-                engine.progress_every_s if engine.progress else None,
+                engine.progress_every_s if engine.progress else None, sizes,
             )
         parts = resumed.parts + parts
         timings["process_s"] = time.perf_counter() - mark
@@ -179,8 +181,11 @@ def list_inputs(pipeline: Pipeline, engine: EngineConf) -> tuple[pa.Table, str |
     return list_inputs_with_sizes(pipeline, engine)[:2]
 
 
-def list_inputs_with_sizes(pipeline: Pipeline, engine: EngineConf) -> tuple[pa.Table, str | None, dict | None]:
-    """As list_inputs, with the histogram of input sizes where the source knows them.
+def list_inputs_with_sizes(
+    pipeline: Pipeline, engine: EngineConf,
+) -> tuple[pa.Table, str | None, dict | None, pa.Array | None]:
+    """As list_inputs, with the histogram of input sizes and each input's size (null where
+    unknown), where the source knows them.
 
     Where it does, the inputs come largest first: the run ends on its smallest inputs, so
     that the last batches, which some actors finish while the others already idle, are
@@ -190,8 +195,9 @@ def list_inputs_with_sizes(pipeline: Pipeline, engine: EngineConf) -> tuple[pa.T
     try:
         if hasattr(source, "list_with_sizes"):
             inputs, sizes = source.list_with_sizes()
-            return largest_first(inputs, sizes), None, size_histogram(sizes)
-        return source.list(), None, None
+            inputs, ordered = largest_first(inputs, sizes)
+            return inputs, None, size_histogram(sizes), ordered
+        return source.list(), None, None, None
     except NoInputs as exc:
         if not engine.allow_empty_input:
             raise NoInputs(
@@ -199,15 +205,18 @@ def list_inputs_with_sizes(pipeline: Pipeline, engine: EngineConf) -> tuple[pa.T
             ) from None
         warning = f"{exc}: an empty partition is committed ({ENGINE_PREFIX}allow_empty_input)"
         log.warning(warning)
-        return pipeline.source.schema.empty_table(), warning, None
+        return pipeline.source.schema.empty_table(), warning, None, None
 
 
-def largest_first(inputs: pa.Table, sizes: pa.Array) -> pa.Table:
-    """``inputs`` by decreasing size; those of unknown size last; ties in listing order."""
-    if len(sizes) != inputs.num_rows or not inputs.num_rows:
-        return inputs
+def largest_first(inputs: pa.Table, sizes: pa.Array) -> tuple[pa.Table, pa.Array | None]:
+    """``inputs`` by decreasing size, and their sizes in that order; those of unknown size
+    last; ties in listing order."""
+    if len(sizes) != inputs.num_rows:
+        return inputs, None
+    if not inputs.num_rows:
+        return inputs, sizes
     order = pc.sort_indices(pa.table({"size": pc.fill_null(sizes, -1)}), sort_keys=[("size", "descending")])
-    return inputs.take(order)
+    return inputs.take(order), sizes.take(order)
 
 
 def size_histogram(sizes: pa.Array) -> dict:
@@ -245,9 +254,8 @@ def recordable_config(config: dict[str, Any] | None) -> dict[str, Any]:
     return config
 
 
-def _without(inputs: pa.Table, id_column: str, done: set[str]) -> pa.Table:
-    """The input records whose id is not in ``done``."""
+def _not_done(inputs: pa.Table, id_column: str, done: set[str]) -> pa.Array:
+    """Which input records have an id not in ``done`` (a boolean mask)."""
     if not done:
-        return inputs
-    finished = pc.is_in(inputs.column(id_column), pa.array(sorted(done), pa.string()))
-    return inputs.filter(pc.invert(finished))
+        return pa.array([True] * inputs.num_rows, pa.bool_())
+    return pc.invert(pc.is_in(inputs.column(id_column), pa.array(sorted(done), pa.string())))

@@ -73,7 +73,7 @@ class Tables:
     url: str
     split_bytes: int = 32 * 2**20
     id_column: str = "split_id"
-    files_per_block: int = 1  # one split per task
+    files_per_block: int = 64  # splits a task reads at most, and at most block_bytes of them
     given: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -85,6 +85,13 @@ class Tables:
     @property
     def keys(self) -> tuple[str, ...]:
         return ("split_id", "source")
+
+    @property
+    def block_bytes(self) -> int:
+        """Splits smaller than this are packed into one task up to this many bytes (a
+        task costs more than a small row group or file takes to read); larger ones are a
+        task each."""
+        return self.split_bytes
 
     @property
     def schema(self) -> pa.Schema:

@@ -170,5 +170,6 @@ def test_inputs_of_unknown_size_come_last_in_listing_order():
     from headrace.runner import largest_first
 
     inputs = pa.table({"id": ["a", "b", "c", "d", "e"]})
-    ordered = largest_first(inputs, pa.array([10, None, 30, 30, None], pa.int64()))
+    ordered, sizes = largest_first(inputs, pa.array([10, None, 30, 30, None], pa.int64()))
     assert ordered.column("id").to_pylist() == ["c", "d", "a", "b", "e"]
+    assert sizes.to_pylist() == [30, 30, 10, None, None]

@@ -208,6 +208,16 @@ def test_read_splits_are_tasks_of_their_own(ray_cluster, tables, tmp_path):
     assert batches == result.manifest["counts"]["input"]  # one split, one call
 
 
+def test_small_splits_share_a_task_up_to_block_bytes_and_large_ones_go_alone():
+    from headrace.ray_adapter import block_ranges
+
+    assert block_ranges(5, 2) == [(0, 2), (2, 4), (4, 5)]  # by count where sizes are unknown
+    sizes = [100, 60, 50, 30, None, 10, 10, 10, 10]  # largest first, unknown last but one
+    assert block_ranges(9, 3, sizes, block_bytes=100) == [(0, 1), (1, 2), (2, 4), (4, 5), (5, 8), (8, 9)]
+    assert block_ranges(0, 3, [], block_bytes=100) == []
+    assert Tables("x", split_bytes=4096).block_bytes == 4096
+
+
 def test_table_embeddings_killed_mid_run_resumes_to_exactly_a_clean_runs_rows(ray_cluster, tmp_path):
     import numpy as np
 
