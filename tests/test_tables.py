@@ -201,7 +201,7 @@ def test_a_missing_column_quarantines_the_split_and_says_which(ray_cluster, tabl
     assert len(quarantine) == 1 and "has no column 'body' (it has id, text)" in quarantine[0]["message"]
 
 
-def test_read_splits_are_tasks_of_their_own(ray_cluster, tables, tmp_path):
+def test_each_split_is_one_call_of_the_reader(ray_cluster, tables, tmp_path):
     folder, _, _ = tables
     result = headrace.run(read_only(folder, tmp_path / "out"), DS, QUIET)
     batches = sum(node["batches"].get("ReadTable", 0) for node in result.manifest["nodes"])
