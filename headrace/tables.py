@@ -143,6 +143,8 @@ def _row_groups(fs, uri: str) -> list[tuple[int, int, int]]:
             metadata = pq.ParquetFile(handle).metadata
     except Exception:  # noqa: BLE001 - the reader reports it, as a quarantined split
         return [(-1, 0, 0)]
+    if not metadata.num_row_groups:
+        return [(-1, 0, 0)]  # a file with no row group holds no records: one split, counted as empty
     groups, first = [], 0
     for index in range(metadata.num_row_groups):
         group = metadata.row_group(index)

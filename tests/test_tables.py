@@ -171,6 +171,17 @@ def test_a_parquet_file_rewritten_is_read_anew_not_from_the_footer_a_worker_kept
     assert texts == [["a", "b", "c"], ["x", "y", "z", "w", "v"]]
 
 
+def test_a_parquet_file_without_row_groups_is_one_split_that_holds_no_records(tmp_path):
+    """Not zero splits: the file would vanish from the run's accounting, and a folder of
+    such files would commit an empty partition where an empty folder is refused."""
+    pq.ParquetWriter(tmp_path / "none.parquet", pa.schema([("text", pa.string())])).close()
+    splits = Tables(str(tmp_path)).list()
+    assert splits.num_rows == 1 and splits.column("row_group").to_pylist() == [-1]
+    out = ReadTable({"text": pa.string()}).process(splits)
+    assert out.column("_row_error").to_pylist() == ["(no records)"] and out.column("source").to_pylist() == [
+        f"file://{tmp_path}/none.parquet"]
+
+
 def test_csv_fields_are_parsed_as_their_declared_types_and_json_floats_are_not_cut_to_ints(tmp_path):
     write(str(tmp_path), "t.csv", b"id,n,score,ok,day\n"
           b"a,1,0.5,true,2026-11-28\nb,,1e3,false,\nc,x,0.25,1,2026-11-28\nd,2.5,nan,yes,28/11/2026\n")
