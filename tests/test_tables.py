@@ -182,6 +182,17 @@ def test_a_parquet_file_without_row_groups_is_one_split_that_holds_no_records(tm
         f"file://{tmp_path}/none.parquet"]
 
 
+def test_footers_read_at_once_list_the_same_splits_in_the_same_order(tmp_path):
+    for index in range(12):
+        pq.write_table(pa.table({"text": ["x"] * (index + 1)}), tmp_path / f"p{index:02d}.parquet", row_group_size=2)
+    one_at_a_time = Tables(str(tmp_path), footer_threads=1).list_with_sizes()
+    at_once = Tables(str(tmp_path)).list_with_sizes()
+    assert one_at_a_time[0].equals(at_once[0]) and one_at_a_time[1].equals(at_once[1])
+    assert at_once[0].num_rows == sum(-(-(i + 1) // 2) for i in range(12))
+    with pytest.raises(headrace.ConfigError, match="footer_threads must be at least 1"):
+        Tables(str(tmp_path), footer_threads=0)
+
+
 def test_csv_fields_are_parsed_as_their_declared_types_and_json_floats_are_not_cut_to_ints(tmp_path):
     write(str(tmp_path), "t.csv", b"id,n,score,ok,day\n"
           b"a,1,0.5,true,2026-11-28\nb,,1e3,false,\nc,x,0.25,1,2026-11-28\nd,2.5,nan,yes,28/11/2026\n")
