@@ -369,7 +369,8 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
     # runs a task per block for it (0.4 s of a small run, a worker start included).
     dataset = ray.data.from_blocks(blocks)
     before = None  # the previous op's (num_cpus, memory) where Ray Data may fuse the next op into it
-    for (stage, schema), placement in zip(pipeline.stage_schemas(), placements):
+    from_source = True  # whether the ops fused so far start at the source: their input rows are inputs (files)
+    for index, ((stage, schema), placement) in enumerate(zip(pipeline.stage_schemas(), placements)):
         on_gpu = placement.device == "cuda" and stage.gpu_batch_size
         common = dict(
             batch_size=stage.gpu_batch_size if on_gpu else stage.batch_size,
@@ -379,15 +380,19 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
             zero_copy_batch=True,
         )
         fused = stage.fuse and not placement.gpus and before == (placement.cpus, stage.memory)
-        if fused and placement.actors is not None:
+        if fused and placement.actors is not None and from_source:
             # Ray Data fuses the CPU stages before into this pool, and a fused task takes
             # as many *input* rows as the largest batch size of its ops: the model's 64
             # rows would become 64 files per task, so few tasks that the last ones keep
             # one actor busy while the others idle. The pool's calls instead take what
             # the stage before made of one of its batches, whole (the model cuts its own
-            # micro-batches by tokens).
+            # micro-batches by tokens). Not after an op that is not fused from the source
+            # (ReadTable): there input rows are records, and a block may be a 65,536-row
+            # group, which must not be one call.
             common["batch_size"] = None
-        before = (placement.cpus, stage.memory) if stage.fuse and placement.actors is None else None
+        chained = stage.fuse and placement.actors is None
+        from_source = from_source and chained and (index == 0 or fused)
+        before = (placement.cpus, stage.memory) if chained else None
         if not stage.fuse:
             # Ray Data never fuses an op that has a ray_remote_args_fn (deprecated in Ray
             # 2.60, removed in 2.64: that upgrade needs another way to keep ops apart).

@@ -9,12 +9,13 @@ import random
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 import headrace
 from conftest import QUIET, bucket, write
-from headrace import Pipeline, output_sink
+from headrace import Pipeline, Stage, output_sink
 from headrace.tables import Tables
 from stages.tables import ReadTable, _lines
 
@@ -238,6 +239,47 @@ def test_small_splits_share_a_task_up_to_block_bytes_and_large_ones_go_alone():
     assert block_ranges(9, 3, sizes, block_bytes=100) == [(0, 1), (1, 2), (2, 4), (4, 5), (5, 8), (8, 9)]
     assert block_ranges(0, 3, [], block_bytes=100) == []
     assert Tables("x", split_bytes=4096).block_bytes == 4096
+
+
+class Shout(Stage):
+    """A CPU task stage: Ray Data fuses it into the CPU actor pool after it."""
+
+    needs = ("text",)
+    adds = {"loud": pa.string()}
+    batch_size = 16
+
+    def process(self, batch):
+        return batch.append_column("loud", pc.utf8_upper(batch.column("text")))
+
+
+class Measure(Stage):
+    """A stateful stage on CPU: an actor pool, fed by ReadTable's rows through Shout."""
+
+    needs = ("loud",)
+    adds = {"length": pa.int64()}
+    batch_size = 8
+
+    def setup(self, context):
+        self.ready = True
+
+    def process(self, batch):
+        return batch.append_column("length", pc.utf8_length(batch.column("loud")).cast(pa.int64()))
+
+
+def test_a_model_pool_after_a_table_reader_takes_its_batch_size_of_rows_per_call(ray_cluster, tmp_path):
+    """The rows a split makes (a 65,536-row group) must not become one call of the model:
+    only where the stages before a pool start at the source (files) is a call one
+    upstream batch whole; after ReadTable a call is the pool's batch_size of rows."""
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(100)]}), tmp_path / "one.parquet")
+    pipeline = Pipeline(
+        name="tables", source=Tables(str(tmp_path / "one.parquet")),
+        stages=[ReadTable({"text": pa.string()}), Shout(), Measure()],
+        sink=output_sink(str(tmp_path / "out")), columns=["record_id", "length"],
+    )
+    result = headrace.run(pipeline, DS, QUIET)
+    calls = sum(node["batches"].get("Measure", 0) for node in result.manifest["nodes"])
+    assert result.manifest["counts"]["output"] == 100
+    assert calls >= 100 // 8, calls
 
 
 def test_table_embeddings_killed_mid_run_resumes_to_exactly_a_clean_runs_rows(ray_cluster, tmp_path):
