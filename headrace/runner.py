@@ -209,13 +209,20 @@ def list_inputs_with_sizes(
 
 
 def largest_first(inputs: pa.Table, sizes: pa.Array) -> tuple[pa.Table, pa.Array | None]:
-    """``inputs`` by decreasing size, and their sizes in that order; those of unknown size
-    last; ties in listing order."""
+    """``inputs`` by decreasing size of their source file, and their sizes in that order;
+    those of unknown size last; ties in listing order. The splits of a table file (the
+    inputs of one ``source``) stay together, in file order: a worker then reads one
+    file's row groups one after another, with its footer parsed once."""
     if len(sizes) != inputs.num_rows:
         return inputs, None
     if not inputs.num_rows:
         return inputs, sizes
-    order = pc.sort_indices(pa.table({"size": pc.fill_null(sizes, -1)}), sort_keys=[("size", "descending")])
+    key = sizes
+    if "source" in inputs.column_names:
+        files = pa.table({"source": inputs.column("source"), "size": sizes}).group_by(
+            "source", use_threads=False).aggregate([("size", "sum")])
+        key = pc.take(files.column("size_sum"), pc.index_in(inputs.column("source"), value_set=files.column("source")))
+    order = pc.sort_indices(pa.table({"size": pc.fill_null(key, -1)}), sort_keys=[("size", "descending")])
     return inputs.take(order), sizes.take(order)
 
 

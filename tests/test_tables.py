@@ -231,6 +231,15 @@ def test_each_split_is_one_call_of_the_reader(ray_cluster, tables, tmp_path):
     assert batches == result.manifest["counts"]["input"]  # one split, one call
 
 
+def test_the_splits_of_a_file_stay_together_in_file_order_largest_file_first():
+    from headrace.runner import largest_first
+
+    splits = pa.table({"split_id": list("abcdefg"), "source": ["s", "s", "s", "big", "big", "none", "s"]})
+    ordered, sizes = largest_first(splits, pa.array([10, 12, 9, 40, 38, None, 11], pa.int64()))
+    assert ordered.column("split_id").to_pylist() == ["d", "e", "a", "b", "c", "g", "f"]
+    assert sizes.to_pylist() == [40, 38, 10, 12, 9, 11, None]
+
+
 def test_small_splits_share_a_task_up_to_block_bytes_and_large_ones_go_alone():
     from headrace.ray_adapter import block_ranges
 
