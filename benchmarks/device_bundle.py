@@ -32,15 +32,15 @@ COMMAND = (
 
 
 def main() -> None:
+    from gpu_check import model_files
     from model_stage import WORK, corpus_chunks
     from stages.text import default_model_path
 
     target = os.path.join(ROOT, ".device", "minilm")
     os.makedirs(target, exist_ok=True)
     source = default_model_path()
-    for name in os.listdir(source):
-        if name == "config.json" or name.startswith(("tokenizer", "vocab", "special_tokens")):
-            shutil.copy(os.path.join(source, name), target)
+    for name in model_files(source):
+        shutil.copy(os.path.join(source, name), target)
     chunks = corpus_chunks(10**9)
     path = os.path.join(WORK, "chunks-1000.parquet")
     size = sum(os.path.getsize(os.path.join(target, n)) for n in os.listdir(target)) + os.path.getsize(path)

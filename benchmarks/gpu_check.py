@@ -116,6 +116,12 @@ def job_flags(device: str) -> list[str]:
     return ["--require-gpu"] if device == "cuda" else []
 
 
+def model_files(folder: str) -> list[str]:
+    """The small files of a model folder: its config and its tokenizer's (not the weights)."""
+    return sorted(name for name in os.listdir(folder)
+                  if name == "config.json" or name.startswith(("tokenizer", "vocab", "special_tokens", "merges")))
+
+
 def model_folder(given: str | None, random_weights: bool, work: str) -> str | None:
     """The model to run: ``given`` (default: the packaged all-MiniLM-L6-v2), or, with
     ``random_weights``, a copy of it built from its config with random weights."""
@@ -131,8 +137,8 @@ def model_folder(given: str | None, random_weights: bool, work: str) -> str | No
     target = os.path.join(work, "random-weights-model")
     if not os.path.exists(os.path.join(target, "config.json")):
         AutoModel.from_config(AutoConfig.from_pretrained(source)).save_pretrained(target)
-        for name in os.listdir(source):  # the tokenizer's files, where there are any
-            if name.startswith(("tokenizer", "vocab", "special_tokens", "merges")):
+        for name in model_files(source):  # the tokenizer's files, where there are any
+            if name != "config.json":
                 shutil.copy(os.path.join(source, name), target)
     return target
 

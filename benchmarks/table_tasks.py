@@ -22,9 +22,7 @@ import datetime as dt
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -60,7 +58,7 @@ def main() -> None:
     parser.add_argument("--group-rows", type=int, default=500)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
-    from doc_embeddings import machine, publish
+    from doc_embeddings import machine, publish, timed
     from read_table import write_file
 
     data = os.path.join(WORK, f"read-table-{args.rows}-{args.group_rows}.parquet")
@@ -83,9 +81,7 @@ def main() -> None:
         command = extra if name.startswith("bare") else [
             sys.executable, "-m", "headrace.cli", "submit", pipeline, "--ds", "2026-01-01", "--conf", f"input={data}",
             "--conf", f"output={output}", "--conf", "headrace.progress=false", "--report", report, *extra]
-        started = time.perf_counter()
-        subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
-        wall = time.perf_counter() - started
+        wall, _ = timed(command, env)
         process = "-"
         if not name.startswith("bare"):
             with open(report) as handle:

@@ -115,9 +115,11 @@ def run(
             log.warning("staged files of an earlier run for ds=%s discarded: %s", ds, resumed.discarded)
         if resumed.parts:
             staging.keep_complete(area, resumed, inputs.column(id_column).to_pylist(), id_column)
-        keep = _not_done(inputs, id_column, resumed.complete)
-        todo = inputs.filter(keep)
-        sizes = sizes.filter(keep) if sizes is not None else None
+        todo = inputs
+        if resumed.complete:
+            keep = _not_done(inputs, id_column, resumed.complete)
+            todo = inputs.filter(keep)
+            sizes = sizes.filter(keep) if sizes is not None else None
         if resumed.complete:
             log.warning(
                 "resuming ds=%s (attempt %d): %d of %d inputs were already staged; processing the other %d",
@@ -263,6 +265,4 @@ def recordable_config(config: dict[str, Any] | None) -> dict[str, Any]:
 
 def _not_done(inputs: pa.Table, id_column: str, done: set[str]) -> pa.Array:
     """Which input records have an id not in ``done`` (a boolean mask)."""
-    if not done:
-        return pa.array([True] * inputs.num_rows, pa.bool_())
     return pc.invert(pc.is_in(inputs.column(id_column), pa.array(sorted(done), pa.string())))

@@ -110,12 +110,12 @@ class Tables:
         files, sizes = Files(self.url, extensions=tuple(FORMATS)).list_with_sizes()
         rows, split_sizes = [], []
         fs, _ = fsspec.core.url_to_fs(self.url)
-        listed = list(zip(files.column("source").to_pylist(), sizes.to_pylist()))
-        parquet = [uri for uri, _ in listed if file_format(uri)[0] == "parquet"]
+        listed = [(uri, size, *file_format(uri)) for uri, size in
+                  zip(files.column("source").to_pylist(), sizes.to_pylist())]
+        parquet = [uri for uri, _, kind, _ in listed if kind == "parquet"]
         with ThreadPoolExecutor(min(self.footer_threads, max(1, len(parquet)))) as pool:
             footers = dict(zip(parquet, pool.map(lambda uri: _row_groups(fs, uri), parquet)))
-        for uri, size in listed:
-            kind, compression = file_format(uri)
+        for uri, size, kind, compression in listed:
             if kind == "parquet":
                 for row_group, first_row, nbytes in footers[uri]:
                     rows.append((uri, kind, None, row_group, first_row, 0, 0))

@@ -167,7 +167,7 @@ class ReadTable(Stage):
         ids = None
         if self.id_column:
             ids = _as_declared(table.column(self.id_column), pa.string(), integers=True)
-        if ids is None and self.id_column or any(column is None for column in columns.values()):
+        if (self.id_column and ids is None) or any(column is None for column in columns.values()):
             positions = (np.arange(table.num_rows) + split["first_row"]).tolist()
             values = {name: table.column(name).to_pylist() for name in wanted}
             return self._rows(split, values, positions, [None] * table.num_rows)

@@ -15,6 +15,8 @@ def test_gpu_check_rehearses_on_cpu(tmp_path):
     """As on the lent GPU machine, where the weights cannot travel: a folder with the
     model's config and tokenizer (benchmarks/device_bundle.py), random weights, the
     section written where it can come back."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from gpu_check import model_files
     from stages.text import default_model_path
 
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -22,9 +24,8 @@ def test_gpu_check_rehearses_on_cpu(tmp_path):
     before = open(results).read()
     config = tmp_path / "no-weights"
     config.mkdir()
-    for name in os.listdir(default_model_path()):
-        if name == "config.json" or name.startswith(("tokenizer", "vocab", "special_tokens")):
-            shutil.copy(os.path.join(default_model_path(), name), config)
+    for name in model_files(default_model_path()):
+        shutil.copy(os.path.join(default_model_path(), name), config)
     done = subprocess.run(
         [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--rows", "128", "--docs", "20",
          "--work", str(tmp_path), "--model", str(config), "--random-weights", "--results", str(tmp_path / "gpu.md")],
