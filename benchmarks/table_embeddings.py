@@ -4,9 +4,10 @@ as files.
     python benchmarks/table_embeddings.py [--docs 1000] [--no-record]
 
 The visible texts of the doc-embeddings benchmark's corpus (benchmarks/work/corpus-1000)
-are written twice: as one .txt file each, and as the rows of one Parquet file (row groups
-of 64 rows). Both jobs chunk and embed exactly these texts with their defaults; whole
-processes, start-up included. Appends records/s to benchmarks/RESULTS.md.
+are written three times: as one .txt file each, as the rows of one Parquet file in row
+groups of 64 rows, and as one Parquet file of a single row group (one split: what
+pyarrow and Spark write for a file of this size). The jobs chunk and embed exactly these
+texts with their defaults; whole processes, start-up included. Appends records/s to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -63,19 +64,23 @@ def main() -> None:
 
     records = texts(args.docs)
     files, shard = os.path.join(WORK, "texts-as-files"), os.path.join(WORK, "texts-as-table")
-    for folder in (files, shard):
+    whole = os.path.join(WORK, "texts-as-one-row-group")
+    for folder in (files, shard, whole):
         shutil.rmtree(folder, ignore_errors=True)
         os.makedirs(folder)
     for index, text in enumerate(records):
         with open(os.path.join(files, f"t{index:05d}.txt"), "w", encoding="utf-8") as handle:
             handle.write(text)
-    pq.write_table(pa.table({"id": [f"t{i:05d}" for i in range(len(records))], "text": records}),
-                   os.path.join(shard, "texts.parquet"), row_group_size=64)
+    table = pa.table({"id": [f"t{i:05d}" for i in range(len(records))], "text": records})
+    pq.write_table(table, os.path.join(shard, "texts.parquet"), row_group_size=64)
+    pq.write_table(table, os.path.join(whole, "texts.parquet"), row_group_size=len(records))
     cli = [sys.executable, "-m", "headrace.cli", "submit"]
     common = ["--ds", "2026-01-01", "--conf", "headrace.progress=false"]
     seconds = {}
     for name, pipeline, source in (("doc_embeddings on .txt files", "pipelines/doc_embeddings.py", files),
-                                   ("table_embeddings on one Parquet file", "pipelines/table_embeddings.py", shard)):
+                                   ("table_embeddings on one Parquet file", "pipelines/table_embeddings.py", shard),
+                                   ("table_embeddings on one Parquet file of one row group",
+                                    "pipelines/table_embeddings.py", whole)):
         output = os.path.join(WORK, "out-" + pipeline.split("/")[1][:-3])
         shutil.rmtree(output, ignore_errors=True)
         seconds[name] = timed([*cli, pipeline, *common, "--conf", f"input={source}", "--conf", f"output={output}"])
@@ -85,8 +90,9 @@ def main() -> None:
         f"### table_embeddings against doc_embeddings on the same texts — {dt.date.today().isoformat()}",
         "",
         f"Machine: {machine()}. Command: `python benchmarks/table_embeddings.py --docs {args.docs}`. "
-        f"{len(records)} texts (the demo corpus's visible text), as .txt files and as one Parquet file in row "
-        "groups of 64; whole processes, start-up included; default settings.",
+        f"{len(records)} texts (the demo corpus's visible text), as .txt files, as one Parquet file in row "
+        "groups of 64 and as one Parquet file of one row group; whole processes, start-up included; "
+        "default settings.",
         "",
         "| run | wall s | records/s | vs doc_embeddings |",
         "|---|---:|---:|---:|",

@@ -43,6 +43,7 @@ from headrace.validation import validate_batch
 
 log = logging.getLogger("headrace")
 MIN_BLOCKS = 8
+CUT_ROWS = 1024  # rows per block after a stage kept apart (ReadTable) where no actor pool follows
 
 
 def connect(
@@ -370,7 +371,15 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
     dataset = ray.data.from_blocks(blocks)
     before = None  # the previous op's (num_cpus, memory) where Ray Data may fuse the next op into it
     from_source = True  # whether the ops fused so far start at the source: their input rows are inputs (files)
+    stages = [stage for stage, _ in pipeline.stage_schemas()]
     for index, ((stage, schema), placement) in enumerate(zip(pipeline.stage_schemas(), placements)):
+        if index and not stages[index - 1].fuse:
+            # A stage kept apart (ReadTable) makes one block of all the rows of its task: a
+            # row group of 100,000 rows, or a 32 MiB byte range. An actor pool takes a block
+            # whole, as one task on one actor, so a run over a few large row groups kept one
+            # actor busy while the others idled. Its blocks are cut into blocks of the
+            # pool's call size (a streaming repartition: one more task per block, no shuffle).
+            dataset = dataset.repartition(target_num_rows_per_block=cut_rows(stages[index:], placements[index:]))
         on_gpu = placement.device == "cuda" and stage.gpu_batch_size
         common = dict(
             batch_size=stage.gpu_batch_size if on_gpu else stage.batch_size,
@@ -408,8 +417,10 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
             low, high = placement.actors
             # No more actors to start with than input blocks: where the stages before are
             # fused into the pool, a block is one call (Ray warns of idle minimum actors);
-            # the pool still grows to ``high`` on a backlog.
-            low = max(1, min(low, len(blocks)))
+            # the pool still grows to ``high`` on a backlog. After a cut (above) the pool's
+            # blocks are rows, as many as the stage kept apart makes.
+            if all(s.fuse for s in stages[:index]):
+                low = max(1, min(low, len(blocks)))
             initial = stage.pool_initial()
             initial = min(max(initial, low), high) if initial is not None else None
             dataset = dataset.map_batches(
@@ -429,6 +440,16 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
             batch_format="pyarrow", batch_size=None, num_cpus=0.5,
         )
     return dataset
+
+
+def cut_rows(stages: list[Stage], placements: list[Placement]) -> int:
+    """Rows per block after a stage kept apart: the call size of the first actor pool
+    among ``stages`` (its ``gpu_batch_size`` on a GPU), else ``CUT_ROWS``."""
+    for stage, placement in zip(stages, placements):
+        if placement.actors is not None:
+            size = stage.gpu_batch_size if placement.device == "cuda" and stage.gpu_batch_size else stage.batch_size
+            return size or CUT_ROWS
+    return CUT_ROWS
 
 
 class StagedParquetDatasink(Datasink):

@@ -291,6 +291,43 @@ def test_a_model_pool_after_a_table_reader_takes_its_batch_size_of_rows_per_call
     assert calls >= 100 // 8, calls
 
 
+class WhichActor(Stage):
+    """A stateful stage in a pool of two actors: each row says which actor's process took it."""
+
+    needs = ("text",)
+    adds = {"pid": pa.int64()}
+    batch_size = 8
+    concurrency = 2
+
+    def setup(self, context):
+        self.pid = os.getpid()
+
+    def process(self, batch):
+        import time
+
+        time.sleep(0.02)  # work to share: 50 calls
+        return batch.append_column("pid", pa.repeat(pa.scalar(self.pid, pa.int64()), batch.num_rows))
+
+
+def test_one_large_row_group_is_shared_by_every_actor_of_the_pool_after_the_reader(ray_cluster, tmp_path):
+    """A row group is one split and ReadTable makes one block of it; an actor pool takes a
+    block whole, so a file of one large row group kept one actor busy while the others
+    idled. The reader's blocks are cut into blocks of the pool's call size."""
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(400)]}), tmp_path / "one.parquet")
+    assert pq.ParquetFile(tmp_path / "one.parquet").metadata.num_row_groups == 1
+    pipeline = Pipeline(
+        name="tables", source=Tables(str(tmp_path / "one.parquet")),
+        stages=[ReadTable({"text": pa.string()}), WhichActor()],
+        sink=output_sink(str(tmp_path / "out")), columns=["record_id", "pid"],
+    )
+    result = headrace.run(pipeline, DS, QUIET)
+    assert result.manifest["counts"]["output"] == 400
+    rows = pq.read_table(tmp_path / "out" / f"ds={DS}")
+    assert sorted(int(i.rsplit("#", 1)[1]) for i in rows.column("record_id").to_pylist()) == list(range(400))
+    shares = rows.column("pid").value_counts().to_pylist()
+    assert len(shares) == 2, shares
+
+
 def test_table_embeddings_killed_mid_run_resumes_to_exactly_a_clean_runs_rows(ray_cluster, tmp_path):
     import numpy as np
 
