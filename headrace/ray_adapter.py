@@ -43,7 +43,7 @@ from headrace.validation import validate_batch
 
 log = logging.getLogger("headrace")
 MIN_BLOCKS = 8
-CUT_ROWS = 1024  # rows per block after a stage kept apart (ReadTable) where no actor pool follows
+CUT_ROWS = 1024  # rows per block after a stage kept apart (ReadTable) for a pool with batch_size=None
 
 
 def connect(
@@ -373,13 +373,16 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
     from_source = True  # whether the ops fused so far start at the source: their input rows are inputs (files)
     stages = [stage for stage, _ in pipeline.stage_schemas()]
     for index, ((stage, schema), placement) in enumerate(zip(pipeline.stage_schemas(), placements)):
-        if index and not stages[index - 1].fuse:
+        rows = cut_rows(stages[index:], placements[index:]) if index and not stages[index - 1].fuse else None
+        if rows:
             # A stage kept apart (ReadTable) makes one block of all the rows of its task: a
             # row group of 100,000 rows, or a 32 MiB byte range. An actor pool takes a block
             # whole, as one task on one actor, so a run over a few large row groups kept one
             # actor busy while the others idled. Its blocks are cut into blocks of the
             # pool's call size (a streaming repartition: one more task per block, no shuffle).
-            dataset = dataset.repartition(target_num_rows_per_block=cut_rows(stages[index:], placements[index:]))
+            # Without a pool after it, blocks stay whole: a task of the stages that follow
+            # costs more than they take for a few thousand rows.
+            dataset = dataset.repartition(target_num_rows_per_block=rows)
         on_gpu = placement.device == "cuda" and stage.gpu_batch_size
         common = dict(
             batch_size=stage.gpu_batch_size if on_gpu else stage.batch_size,
@@ -442,14 +445,15 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
     return dataset
 
 
-def cut_rows(stages: list[Stage], placements: list[Placement]) -> int:
+def cut_rows(stages: list[Stage], placements: list[Placement]) -> int | None:
     """Rows per block after a stage kept apart: the call size of the first actor pool
-    among ``stages`` (its ``gpu_batch_size`` on a GPU), else ``CUT_ROWS``."""
+    among ``stages`` (its ``gpu_batch_size`` on a GPU; ``CUT_ROWS`` for a pool that
+    takes whole blocks), or None where no pool follows."""
     for stage, placement in zip(stages, placements):
         if placement.actors is not None:
             size = stage.gpu_batch_size if placement.device == "cuda" and stage.gpu_batch_size else stage.batch_size
             return size or CUT_ROWS
-    return CUT_ROWS
+    return None
 
 
 class StagedParquetDatasink(Datasink):
