@@ -328,6 +328,19 @@ def test_one_large_row_group_is_shared_by_every_actor_of_the_pool_after_the_read
     assert len(shares) == 2, shares
 
 
+def test_the_reader_is_cut_to_the_call_size_of_the_pool_after_it_on_its_device():
+    from headrace.placement import Placement
+    from headrace.ray_adapter import CUT_ROWS, cut_rows
+
+    shout, measure = Shout(), Measure().with_(gpu_batch_size=512)
+    tasks = Placement("Shout", None, 1.0, 0.0, "cpu", 1)
+    on_cpu, on_gpu = Placement("Measure", (1, 2), 1.0, 0.0, "cpu", 1), Placement("Measure", (1, 1), 1.0, 1.0, "cuda", 1)
+    assert cut_rows([shout, measure], [tasks, on_cpu]) == 8
+    assert cut_rows([shout, measure], [tasks, on_gpu]) == 512
+    assert cut_rows([shout, measure.with_(batch_size=None)], [tasks, on_cpu]) == CUT_ROWS
+    assert cut_rows([shout], [tasks]) is None  # no pool: blocks stay whole
+
+
 def test_table_embeddings_killed_mid_run_resumes_to_exactly_a_clean_runs_rows(ray_cluster, tmp_path):
     import numpy as np
 
