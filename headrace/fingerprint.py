@@ -3,7 +3,8 @@
 The fingerprint covers the pipeline's settings, every effective setting of each stage
 (``Stage.settings()``: class and instance attributes), the content of the source files
 of each stage class (along its class hierarchy) and of the pipeline file, the output
-schema, the source and the sink. Engine settings (master, CPUs, the quality gate) do
+schema, the source and the sink (their reprs: a source leaves out of it what only packs
+work into tasks, such as ``files_per_block``). Engine settings (master, CPUs, the quality gate) do
 not change rows and are left out, so a rerun after exit 3 with a higher gate resumes.
 """
 

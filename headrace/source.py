@@ -32,7 +32,9 @@ class Files:
     url: str
     extensions: tuple[str, ...] = ()
     id_column: str = "doc_id"
-    files_per_block: int = 16
+    # How inputs are packed into tasks, not which rows a run makes: out of the repr, so out
+    # of the run's fingerprint (retuning it between a killed run and its resume keeps the work).
+    files_per_block: int = field(default=16, repr=False)
     given: str = field(default="", init=False, repr=False, compare=False)  # the url as the user wrote it
 
     def __post_init__(self) -> None:

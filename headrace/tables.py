@@ -74,8 +74,11 @@ class Tables:
     url: str
     split_bytes: int = 32 * 2**20
     id_column: str = "split_id"
-    files_per_block: int = 64  # splits a task reads at most, and at most block_bytes of them
-    footer_threads: int = 16  # Parquet footers read at once while listing (a bucket takes tens of ms for each)
+    # How the work is packed and listed, not which rows a run makes: out of the repr, so out of
+    # the run's fingerprint (retuning them between a killed run and its resume keeps the work).
+    files_per_block: int = field(default=64, repr=False)  # splits a task reads at most, up to block_bytes of them
+    footer_threads: int = field(default=16, repr=False)  # Parquet footers read at once while listing (a bucket
+    # takes tens of ms for each)
     given: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

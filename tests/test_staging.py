@@ -204,3 +204,24 @@ def test_the_watch_tells_a_broken_stage_from_bad_records():
     healthy.succeeded("Parse")
     assert all(healthy.failed("Parse", "ValueError", "bad", "") is None for _ in range(10))
     assert all(FailureWatch(limit=0).failed("Parse", "E", "", "") is None for _ in range(100))
+
+
+def test_how_a_source_packs_its_work_is_not_in_the_fingerprint_what_it_reads_is(tmp_path):
+    """Retuning files_per_block or footer_threads between a killed run and its resume must
+    not discard the staged work: they do not change the splits or the rows."""
+    from headrace import Pipeline, output_sink
+    from headrace.fingerprint import fingerprint
+    from headrace.source import Files
+    from headrace.tables import Tables
+    from stages.tables import ReadTable
+
+    def hashed(source):
+        stages = [ReadTable({"text": pa.string()})] if isinstance(source, Tables) else []
+        pipeline = Pipeline(name="p", source=source, stages=stages, sink=output_sink(str(tmp_path / "out")))
+        return fingerprint(pipeline, {})["hash"]
+
+    url = str(tmp_path / "in")
+    assert hashed(Tables(url)) == hashed(Tables(url, files_per_block=4, footer_threads=2))
+    assert hashed(Tables(url)) != hashed(Tables(url, split_bytes=4096))  # other byte ranges: other splits
+    assert hashed(Files(url)) == hashed(Files(url, files_per_block=2))
+    assert hashed(Files(url)) != hashed(Files(url, extensions=(".txt",)))
