@@ -508,7 +508,13 @@ def execute(
     poller.start()
     try:
         try:
-            build_dataset(pipeline, inputs, placements, ledger, _RemoteWatch(watch_actor), sizes).write_datasink(sink)
+            with warnings.catch_warnings():
+                # After a cut (build_dataset) a pool's minimum is not clamped to the blocks it
+                # will get, which are not known before reading: a run of fewer rows than the
+                # pool's minimum times its call size leaves a started actor idle, and Ray says
+                # so at the end. The report's utilisation shows each pool's actors.
+                warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
+                build_dataset(pipeline, inputs, placements, ledger, _RemoteWatch(watch_actor), sizes).write_datasink(sink)
         except Exception as exc:
             # Ray Data passes on only the text of a task's exception; the watch knows what broke.
             broken = ray.get(watch_actor.first_broken.remote())
