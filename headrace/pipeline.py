@@ -13,6 +13,10 @@ from headrace.sink import ParquetSink
 from headrace.source import Files
 from headrace.stage import BATCH_FORMATS, Stage
 
+# Rows per block that a stage kept apart (fuse=False: ReadTable) is cut into, where the
+# actor pool after it takes whole blocks (batch_size=None); see ray_adapter.cut_rows.
+CUT_ROWS = 1024
+
 
 @dataclass(frozen=True)
 class Pipeline:
@@ -115,6 +119,12 @@ class Pipeline:
             extra = {k: v for k, v in stage.settings().items() if k not in _SHOWN}
             if extra:
                 lines.append("      settings " + ", ".join(f"{k}={v!r}" for k, v in extra.items()))
+            pool = next((s for s in self.stages[index:] if s.gpus or s.stateful), None)
+            if not stage.fuse and pool is not None:
+                # headrace.ray_adapter.cut_rows, told before the cluster is known
+                on_gpu = f"; {pool.gpu_batch_size} on a GPU" if pool.gpus and pool.gpu_batch_size else ""
+                rows = f"{pool.batch_size or CUT_ROWS} rows"
+                lines.append(f"      output cut into blocks of {pool.stage_name}'s call size ({rows}{on_gpu})")
         if self.schema is not None:
             schema_name = getattr(self.schema, "name", None) or "schema"
             lines.append(f"  schema  {schema_name}: {', '.join(_schema_columns(self.schema))}")

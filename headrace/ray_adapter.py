@@ -33,7 +33,7 @@ from headrace.errors import ConfigError, StageBroken, TaskFailed
 from headrace.isolate import FailureWatch, apply_stage
 from headrace.memory import HeapTrimmer
 from headrace.part_writer import PartWriter
-from headrace.pipeline import Pipeline
+from headrace.pipeline import CUT_ROWS, Pipeline
 from headrace.progress import Display, Timeline, measure
 from headrace.placement import LOCAL_CPU_SLOTS_PER_CORE, Cluster, Master, Placement
 from headrace.stage import Stage, StageContext
@@ -43,7 +43,6 @@ from headrace.validation import validate_batch
 
 log = logging.getLogger("headrace")
 MIN_BLOCKS = 8
-CUT_ROWS = 1024  # rows per block after a stage kept apart (ReadTable) for a pool with batch_size=None
 
 
 def connect(

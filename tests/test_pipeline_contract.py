@@ -112,6 +112,14 @@ def test_explain_shows_pools_resources_and_schema():
     assert "actors 1..4" in text and "gpus=1" in text
     assert "drops bytes" in text
     assert "parquet file:///tmp/out/ds={ds}" in text
+    assert "output cut into" not in text  # every stage fuses: nothing is cut
+
+
+def test_explain_says_a_stage_kept_apart_is_cut_to_the_call_size_of_the_pool_after_it():
+    apart = Decode().with_(fuse=False)
+    text = build([Read(), apart, Model().with_(gpu_batch_size=256)]).explain()
+    assert "output cut into blocks of Model's call size (64 rows; 256 on a GPU)" in text
+    assert "output cut into" not in build([Read(), apart]).explain()  # no pool after it
 
 
 def test_gpu_stage_falls_back_to_one_thread_cpu_actors_per_core():
