@@ -305,7 +305,9 @@ class WhichActor(Stage):
     def process(self, batch):
         import time
 
-        time.sleep(0.02)  # work to share: 50 calls
+        # Work to share: 50 calls, 5 s for one actor, far longer than the two actors'
+        # starts differ by (Ray starts a pool's actors asynchronously).
+        time.sleep(0.1)
         return batch.append_column("pid", pa.repeat(pa.scalar(self.pid, pa.int64()), batch.num_rows))
 
 
