@@ -22,6 +22,7 @@ import uuid
 import warnings
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import ray.data
 from ray.data import ActorPoolStrategy, Datasink, DataContext
@@ -371,9 +372,11 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
     before = None  # the previous op's (num_cpus, memory) where Ray Data may fuse the next op into it
     from_source = True  # whether the ops fused so far start at the source: their input rows are inputs (files)
     stages = [stage for stage, _ in pipeline.stage_schemas()]
+    cut = None  # rows per block after the last cut
     for index, ((stage, schema), placement) in enumerate(zip(pipeline.stage_schemas(), placements)):
         rows = cut_rows(stages[index:], placements[index:]) if index and not stages[index - 1].fuse else None
         if rows:
+            cut = rows
             # A stage kept apart (ReadTable) makes one block of all the rows of its task: a
             # row group of 100,000 rows, or a 32 MiB byte range. An actor pool takes a block
             # whole, as one task on one actor, so a run over a few large row groups kept one
@@ -420,9 +423,13 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
             # No more actors to start with than input blocks: where the stages before are
             # fused into the pool, a block is one call (Ray warns of idle minimum actors);
             # the pool still grows to ``high`` on a backlog. After a cut (above) the pool's
-            # blocks are rows, as many as the stage kept apart makes.
+            # blocks are rows, as many as the stage kept apart makes: known for Parquet
+            # splits (their footers' row counts), else not clamped.
             if all(s.fuse for s in stages[:index]):
                 low = max(1, min(low, len(blocks)))
+            elif cut:
+                most = blocks_after_cut(records, ranges, getattr(pipeline.source, "rows_column", None), cut)
+                low = low if most is None else max(1, min(low, most))
             initial = stage.pool_initial()
             initial = min(max(initial, low), high) if initial is not None else None
             dataset = dataset.map_batches(
@@ -453,6 +460,18 @@ def cut_rows(stages: list[Stage], placements: list[Placement]) -> int | None:
             size = stage.gpu_batch_size if placement.device == "cuda" and stage.gpu_batch_size else stage.batch_size
             return size or CUT_ROWS
     return None
+
+
+def blocks_after_cut(records: pa.Table, ranges: list[tuple[int, int]], column: str | None, rows: int) -> int | None:
+    """The most blocks a cut into ``rows`` makes of the source blocks ``ranges``, where
+    every input says in ``column`` how many rows it holds; else None."""
+    if column is None or column not in records.column_names:
+        return None
+    counts = records.column(column)
+    if pc.any(pc.less(counts, 0)).as_py():
+        return None
+    return sum(max(1, -(-(pc.sum(counts.slice(start, stop - start)).as_py() or 0) // rows))
+               for start, stop in ranges)
 
 
 class StagedParquetDatasink(Datasink):

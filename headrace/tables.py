@@ -52,6 +52,7 @@ SPLIT_SCHEMA = pa.schema([
     ("first_row", pa.int64()),  # Parquet: the number in the file of the row group's first row
     ("start", pa.int64()),  # text: the byte range [start, stop); Parquet: 0, 0
     ("stop", pa.int64()),
+    ("rows", pa.int64()),  # Parquet: the row group's rows (from the footer); else -1, not known before reading
 ])
 
 
@@ -71,6 +72,7 @@ class Tables:
     byte ranges."""
 
     unit: ClassVar[str] = "splits"  # what the run's counts.input counts
+    rows_column: ClassVar[str] = "rows"  # the rows a split holds, where the listing knows (-1 where not)
     url: str
     split_bytes: int = 32 * 2**20
     id_column: str = "split_id"
@@ -120,19 +122,19 @@ class Tables:
             footers = dict(zip(parquet, pool.map(lambda uri: _row_groups(fs, uri), parquet)))
         for uri, size, kind, compression in listed:
             if kind == "parquet":
-                for row_group, first_row, nbytes in footers[uri]:
-                    rows.append((uri, kind, None, row_group, first_row, 0, 0))
+                for row_group, first_row, nbytes, count in footers[uri]:
+                    rows.append((uri, kind, None, row_group, first_row, 0, 0, count))
                     split_sizes.append(nbytes)
             elif (compression is not None and kind != "warc") or not size:
                 # Compressed, empty, or of a size the store did not say: one split, read to the end.
-                rows.append((uri, kind, compression, -1, 0, 0, WHOLE_FILE))
+                rows.append((uri, kind, compression, -1, 0, 0, WHOLE_FILE, -1))
                 split_sizes.append(size)
             else:
                 for start in range(0, size, self.split_bytes):
                     stop = min(size, start + self.split_bytes)
-                    rows.append((uri, kind, compression, -1, 0, start, stop))
+                    rows.append((uri, kind, compression, -1, 0, start, stop, -1))
                     split_sizes.append(stop - start)
-        columns = list(zip(*rows)) if rows else [[]] * 7
+        columns = list(zip(*rows)) if rows else [[]] * (len(SPLIT_SCHEMA) - 1)
         names = [f.name for f in SPLIT_SCHEMA][1:]
         table = {name: pa.array(values, SPLIT_SCHEMA.field(name).type) for name, values in zip(names, columns)}
         ids = [stable_id(f"{uri}#{group}:{start}") for uri, group, start in
@@ -144,8 +146,8 @@ class Tables:
         return f"table files {self.url} (Parquet by row group, JSON Lines / CSV / WARC by {self.split_bytes:,}-byte range)"
 
 
-def _row_groups(fs, uri: str) -> list[tuple[int, int, int]]:
-    """(row group, number of its first row in the file, compressed bytes) from the footer.
+def _row_groups(fs, uri: str) -> list[tuple[int, int, int, int]]:
+    """(row group, number of its first row in the file, bytes, rows) from the footer.
     A file whose footer cannot be read is one split of the whole file (row group -1):
     reading it fails, and the split is quarantined with the reason."""
     import pyarrow.parquet as pq
@@ -154,12 +156,12 @@ def _row_groups(fs, uri: str) -> list[tuple[int, int, int]]:
         with fs.open(fs._strip_protocol(uri), "rb") as handle:
             metadata = pq.ParquetFile(handle).metadata
     except Exception:  # noqa: BLE001 - the reader reports it, as a quarantined split
-        return [(-1, 0, 0)]
+        return [(-1, 0, 0, -1)]
     if not metadata.num_row_groups:
-        return [(-1, 0, 0)]  # a file with no row group holds no records: one split, counted as empty
+        return [(-1, 0, 0, 0)]  # a file with no row group holds no records: one split, counted as empty
     groups, first = [], 0
     for index in range(metadata.num_row_groups):
         group = metadata.row_group(index)
-        groups.append((index, first, group.total_byte_size))
+        groups.append((index, first, group.total_byte_size, group.num_rows))
         first += group.num_rows
     return groups

@@ -330,6 +330,34 @@ def test_one_large_row_group_is_shared_by_every_actor_of_the_pool_after_the_read
     assert len(shares) == 2, shares
 
 
+def test_a_pool_after_the_reader_starts_no_more_actors_than_the_cut_makes_blocks(ray_cluster, tmp_path):
+    """A pool's minimum is clamped to the blocks it can get: after a cut, a Parquet
+    split's rows (from its footer) over the call size. Five rows are one block of 8."""
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(5)]}), tmp_path / "few.parquet")
+    pipeline = Pipeline(
+        name="tables", source=Tables(str(tmp_path / "few.parquet")),
+        stages=[ReadTable({"text": pa.string()}), WhichActor()],
+        sink=output_sink(str(tmp_path / "out")), columns=["record_id", "pid"],
+    )
+    result = headrace.run(pipeline, DS, QUIET)
+    assert result.manifest["counts"]["output"] == 5
+    assert result.manifest["utilisation"]["WhichActor"]["actors"] == 1  # not the 2 it asks for
+
+
+def test_the_blocks_a_cut_makes_are_known_only_where_every_split_says_its_rows(tmp_path):
+    from headrace.ray_adapter import blocks_after_cut
+
+    splits = pa.table({"rows": pa.array([100, 0, 7, 9], pa.int64())})
+    assert blocks_after_cut(splits, [(0, 1), (1, 2), (2, 4)], "rows", 8) == 13 + 1 + 2
+    assert blocks_after_cut(splits.set_column(0, "rows", pa.array([100, -1, 7, 9])), [(0, 4)], "rows", 8) is None
+    assert blocks_after_cut(splits, [(0, 4)], None, 8) is None  # a source without row counts (files)
+    pq.write_table(pa.table({"text": ["a"] * 10}), tmp_path / "t.parquet", row_group_size=4)
+    write(str(tmp_path), "t.jsonl", b'{"text": "b"}\n')
+    listed = Tables(str(tmp_path)).list()
+    assert sorted(zip(listed.column("format").to_pylist(), listed.column(Tables.rows_column).to_pylist())) == [
+        ("jsonl", -1), ("parquet", 2), ("parquet", 4), ("parquet", 4)]  # a text range's rows are not known
+
+
 def test_the_reader_is_cut_to_the_call_size_of_the_pool_after_it_on_its_device():
     from headrace.placement import Placement
     from headrace.ray_adapter import CUT_ROWS, cut_rows
