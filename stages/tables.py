@@ -62,6 +62,9 @@ class ReadTable(Stage):
             raise PipelineError(f"ReadTable: required column {', '.join(map(repr, unknown))} is not one of its "
                               f"columns ({', '.join(map(repr, self.columns))})")
         self.adds = {"record_id": pa.string(), **{self.rename.get(n, n): t for n, t in self.columns.items()}}
+        # A file's column may share a name with a split's (``format``, ``rows``, ``start``):
+        # it replaces the split's, and is not dropped with the rest of them.
+        self.drops = tuple(c for c in type(self).drops if c not in self.adds)
 
     def process(self, batch: pa.Table) -> pa.Table:
         parts = [self._read(split) for split in batch.to_pylist()]

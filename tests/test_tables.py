@@ -212,6 +212,18 @@ def test_csv_fields_are_parsed_as_their_declared_types_and_json_floats_are_not_c
     assert out[2]["_row_error"].endswith("column 'n': 2.5 is not int64")
 
 
+def test_a_file_column_named_as_a_split_column_is_read_and_kept(ray_cluster, tmp_path):
+    pq.write_table(pa.table({"text": ["a", "b"], "rows": [3, 4], "format": ["x", "y"]}), tmp_path / "t.parquet")
+    pipeline = Pipeline(
+        name="tables", source=Tables(str(tmp_path / "t.parquet")),
+        stages=[ReadTable({"text": pa.string(), "rows": pa.int64(), "format": pa.string()})],
+        sink=output_sink(str(tmp_path / "out")), columns=["record_id", "text", "rows", "format"],
+    )
+    headrace.run(pipeline, DS, QUIET)
+    out = pq.read_table(tmp_path / "out" / f"ds={DS}").sort_by("text")
+    assert out.column("rows").to_pylist() == [3, 4] and out.column("format").to_pylist() == ["x", "y"]
+
+
 def test_a_missing_column_quarantines_the_split_and_says_which(ray_cluster, tables, tmp_path):
     folder, _, _ = tables
     pipeline = Pipeline(
