@@ -153,7 +153,7 @@ def stage_vs_bare(rows: int, device: str = "cuda", model: str | None = None) -> 
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     stage = EmbedText(model=model)
     stage.setup(StageContext(device=device, threads=1 if cuda else torch.get_num_threads()))
-    batches = chunk_batches(rows, stage.gpu_batch_size if cuda else stage.batch_size)
+    batches = chunk_batches(rows, stage.call_size(cuda))
     for batch in batches[:2]:  # warm-up: kernels, allocator
         stage.process(batch)
     sync()

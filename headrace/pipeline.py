@@ -122,9 +122,9 @@ class Pipeline:
             pool = next((s for s in self.stages[index:] if s.gpus or s.stateful), None)
             if not stage.fuse and pool is not None:
                 # headrace.ray_adapter.cut_rows, told before the cluster is known
-                on_gpu = f"; {pool.gpu_batch_size} on a GPU" if pool.gpus and pool.gpu_batch_size else ""
-                rows = f"{pool.batch_size or CUT_ROWS} rows"
-                lines.append(f"      output cut into blocks of {pool.stage_name}'s call size ({rows}{on_gpu})")
+                rows, gpu_rows = pool.call_size(False) or CUT_ROWS, pool.call_size(True) or CUT_ROWS
+                on_gpu = f"; {gpu_rows} on a GPU" if pool.gpus and gpu_rows != rows else ""
+                lines.append(f"      output cut into blocks of {pool.stage_name}'s call size ({rows} rows{on_gpu})")
         if self.schema is not None:
             schema_name = getattr(self.schema, "name", None) or "schema"
             lines.append(f"  schema  {schema_name}: {', '.join(_schema_columns(self.schema))}")

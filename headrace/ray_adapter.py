@@ -371,23 +371,22 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
     dataset = ray.data.from_blocks(blocks)
     before = None  # the previous op's (num_cpus, memory) where Ray Data may fuse the next op into it
     from_source = True  # whether the ops fused so far start at the source: their input rows are inputs (files)
-    stages = [stage for stage, _ in pipeline.stage_schemas()]
+    stages = pipeline.stages
     cut = None  # rows per block after the last cut
     for index, ((stage, schema), placement) in enumerate(zip(pipeline.stage_schemas(), placements)):
-        rows = cut_rows(stages[index:], placements[index:]) if index and not stages[index - 1].fuse else None
-        if rows:
-            cut = rows
-            # A stage kept apart (ReadTable) makes one block of all the rows of its task: a
-            # row group of 100,000 rows, or a 32 MiB byte range. An actor pool takes a block
-            # whole, as one task on one actor, so a run over a few large row groups kept one
-            # actor busy while the others idled. Its blocks are cut into blocks of the
-            # pool's call size (a streaming repartition: one more task per block, no shuffle).
-            # Without a pool after it, blocks stay whole: a task of the stages that follow
-            # costs more than they take for a few thousand rows.
-            dataset = dataset.repartition(target_num_rows_per_block=rows)
-        on_gpu = placement.device == "cuda" and stage.gpu_batch_size
+        if index and not stages[index - 1].fuse:
+            cut = cut_rows(stages[index:], placements[index:])
+            if cut:
+                # A stage kept apart (ReadTable) makes one block of all the rows of its task: a
+                # row group of 100,000 rows, or a 32 MiB byte range. An actor pool takes a block
+                # whole, as one task on one actor, so a run over a few large row groups kept one
+                # actor busy while the others idled. Its blocks are cut into blocks of the
+                # pool's call size (a streaming repartition: one more task per block, no shuffle).
+                # Without a pool after it, blocks stay whole: a task of the stages that follow
+                # costs more than they take for a few thousand rows.
+                dataset = dataset.repartition(target_num_rows_per_block=cut)
         common = dict(
-            batch_size=stage.gpu_batch_size if on_gpu else stage.batch_size,
+            batch_size=stage.call_size(placement.device == "cuda"),
             batch_format="pyarrow",
             num_cpus=placement.cpus,
             memory=stage.memory,
@@ -457,8 +456,7 @@ def cut_rows(stages: list[Stage], placements: list[Placement]) -> int | None:
     takes whole blocks), or None where no pool follows."""
     for stage, placement in zip(stages, placements):
         if placement.actors is not None:
-            size = stage.gpu_batch_size if placement.device == "cuda" and stage.gpu_batch_size else stage.batch_size
-            return size or CUT_ROWS
+            return stage.call_size(placement.device == "cuda") or CUT_ROWS
     return None
 
 
@@ -527,10 +525,10 @@ def execute(
     try:
         try:
             with warnings.catch_warnings():
-                # After a cut (build_dataset) a pool's minimum is not clamped to the blocks it
-                # will get, which are not known before reading: a run of fewer rows than the
-                # pool's minimum times its call size leaves a started actor idle, and Ray says
-                # so at the end. The report's utilisation shows each pool's actors.
+                # After a cut over splits whose rows the listing does not know (JSON Lines, CSV,
+                # WARC byte ranges) a pool's minimum is not clamped to the blocks it will get: a
+                # run of fewer rows than the pool's minimum times its call size leaves a started
+                # actor idle, and Ray says so at the end. The report's utilisation shows it.
                 warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
                 build_dataset(pipeline, inputs, placements, ledger, _RemoteWatch(watch_actor), sizes).write_datasink(sink)
         except Exception as exc:

@@ -120,7 +120,6 @@ def run(
             keep = _not_done(inputs, id_column, resumed.complete)
             todo = inputs.filter(keep)
             sizes = sizes.filter(keep) if sizes is not None else None
-        if resumed.complete:
             log.warning(
                 "resuming ds=%s (attempt %d): %d of %d inputs were already staged; processing the other %d",
                 ds, resumed.attempt + 1, len(resumed.complete), inputs.num_rows, todo.num_rows,

@@ -127,6 +127,11 @@ class Stage:
         low, high = self.concurrency[:2]
         return (int(low), int(high))
 
+    def call_size(self, on_gpu: bool) -> int | None:
+        """Rows per call: ``gpu_batch_size`` where the stage runs on a GPU and has one, else
+        ``batch_size`` (None: a whole block)."""
+        return self.gpu_batch_size if on_gpu and self.gpu_batch_size else self.batch_size
+
     def pool_initial(self) -> int | None:
         """The number of actors to start with, where declared as (min, max, initial)."""
         if isinstance(self.concurrency, tuple) and len(self.concurrency) == 3:
