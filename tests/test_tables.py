@@ -356,6 +356,25 @@ def test_a_pool_after_the_reader_starts_no_more_actors_than_the_cut_makes_blocks
     assert result.manifest["utilisation"]["WhichActor"]["actors"] == 1  # not the 2 it asks for
 
 
+def test_a_pool_minimum_above_what_a_small_text_table_makes_is_no_warning(ray_cluster, tmp_path):
+    """A JSON Lines range's rows are not known before reading, so the pool starts its
+    minimum of 2 for 3 rows (one block); Ray's warning about it is not passed on."""
+    import warnings
+
+    write(str(tmp_path), "few.jsonl", b"".join(json.dumps({"text": f"row {i}"}).encode() + b"\n" for i in range(3)))
+    pipeline = Pipeline(
+        name="tables", source=Tables(str(tmp_path / "few.jsonl")),
+        stages=[ReadTable({"text": pa.string()}), WhichActor()],
+        sink=output_sink(str(tmp_path / "out")), columns=["record_id", "pid"],
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = headrace.run(pipeline, DS, QUIET)
+    assert result.manifest["counts"]["output"] == 3
+    assert result.manifest["utilisation"]["WhichActor"]["actors"] == 2
+    assert not [w for w in caught if "minimum number of concurrent actors" in str(w.message)]
+
+
 def test_the_blocks_a_cut_makes_are_known_only_where_every_split_says_its_rows(tmp_path):
     from headrace.ray_adapter import blocks_after_cut
 
