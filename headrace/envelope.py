@@ -82,7 +82,8 @@ def error_rows(
     messages: list[str] | str,
     traceback: str = "",
 ) -> pa.Table:
-    """Error rows of the enveloped ``schema``: each keeps its keys and its weight, nothing else."""
+    """Error rows of the enveloped ``schema``: each keeps its keys and its weight, nothing else
+    (a key that ``rows`` do not have yet, such as a row id a reader adds, is null)."""
     n = rows.num_rows
     if isinstance(messages, str):
         messages = [messages] * n
@@ -99,7 +100,7 @@ def error_rows(
     for field in schema:
         if field.name == ERROR:
             columns.append(error)
-        elif field.name in keys or field.name == WEIGHT:
+        elif (field.name in keys and field.name in rows.column_names) or field.name == WEIGHT:
             columns.append(rows.column(field.name).cast(field.type))
         else:
             columns.append(pa.nulls(n, field.type))

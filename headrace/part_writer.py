@@ -25,6 +25,7 @@ class PartWriter:
     run_id: str
     keys: tuple[str, ...]
     output_schema: pa.Schema
+    row_id: str | None = None  # each row's own id where an input is not one record (Pipeline.row_id)
 
     def write(self, table: pa.Table, task_index: int) -> StagedPart:
         """Stage the enveloped rows of one write task; a retried task overwrites its own files."""
@@ -55,12 +56,17 @@ class PartWriter:
         return replace(part, weights={})  # the driver needs no weights: they are for resume
 
     def quarantine_rows(self, failed: pa.Table) -> pa.Table:
+        """The quarantine's columns; ``record_id`` is the row's own id where it has one (a
+        table file's row), else its input's."""
         error = failed.column(ERROR).combine_chunks()
         n = failed.num_rows
+        record_id = failed.column(self.keys[0])
+        if self.row_id in failed.column_names:
+            record_id = pc.coalesce(failed.column(self.row_id).cast(pa.string()), record_id)
         return pa.Table.from_arrays(
             [
                 failed.column("source"),
-                failed.column(self.keys[0]),
+                record_id,
                 error.field("stage"),
                 error.field("error_type"),
                 error.field("message"),

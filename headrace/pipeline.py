@@ -45,6 +45,17 @@ class Pipeline:
     def keys(self) -> tuple[str, ...]:
         return self.source.keys
 
+    @property
+    def row_id(self) -> str | None:
+        """The column holding each row's own id where the source's inputs are not its
+        records (table splits), else None."""
+        return getattr(self.source, "row_id", None)
+
+    @property
+    def error_keys(self) -> tuple[str, ...]:
+        """What an error row keeps of its record: the keys, and the row's own id."""
+        return (*self.keys, self.row_id) if self.row_id else self.keys
+
     def stage_schemas(self) -> list[tuple[Stage, pa.Schema]]:
         """Each stage with the schema of the batches it emits (error column included)."""
         return list(zip(self.stages, self._schemas[1:]))

@@ -411,7 +411,7 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
             # 2.60, removed in 2.64: that upgrade needs another way to keep ops apart).
             common["ray_remote_args_fn"] = _no_extra_args
         if placement.actors is None:
-            fn = functools.partial(apply_stage, stage, out_schema=schema, keys=pipeline.keys, watch=watch)
+            fn = functools.partial(apply_stage, stage, out_schema=schema, keys=pipeline.error_keys, watch=watch)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated")
                 dataset = dataset.map_batches(
@@ -434,7 +434,7 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
             dataset = dataset.map_batches(
                 _StageActor,
                 fn_constructor_kwargs=dict(
-                    stage=stage, schema=schema, keys=pipeline.keys,
+                    stage=stage, schema=schema, keys=pipeline.error_keys,
                     device=placement.device, threads=placement.threads, ledger=ledger, watch=watch,
                 ),
                 compute=ActorPoolStrategy(min_size=low, max_size=high, initial_size=initial),
@@ -442,7 +442,7 @@ def build_dataset(pipeline: Pipeline, inputs: pa.Table, placements: list[Placeme
                 **common,
             )
     if pipeline.schema is not None:
-        check = functools.partial(validate_batch, pipeline.schema, keys=pipeline.keys)
+        check = functools.partial(validate_batch, pipeline.schema, keys=pipeline.error_keys)
         dataset = dataset.map_batches(
             functools.partial(_counted, fn=check, stage="schema", ledger=ledger),
             batch_format="pyarrow", batch_size=None, num_cpus=0.5,

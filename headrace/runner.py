@@ -114,7 +114,8 @@ def run(
         if resumed.discarded:
             log.warning("staged files of an earlier run for ds=%s discarded: %s", ds, resumed.discarded)
         if resumed.parts:
-            staging.keep_complete(area, resumed, inputs.column(id_column).to_pylist(), id_column)
+            staging.keep_complete(area, resumed, inputs.column(id_column).to_pylist(), id_column,
+                                  quarantine_by_input=pipeline.row_id is None)
         todo = inputs
         if resumed.complete:
             keep = _not_done(inputs, id_column, resumed.complete)
@@ -126,7 +127,8 @@ def run(
             )
         log.info("run %s: %d input files -> %s", run_id, todo.num_rows, sink.partition(ds))
         mark = time.perf_counter()
-        writer = PartWriter(sink, area.root, resumed.attempt, run_id, pipeline.keys, pipeline.output_schema)
+        writer = PartWriter(sink, area.root, resumed.attempt, run_id, pipeline.keys, pipeline.output_schema,
+                            pipeline.row_id)
         parts, utilisation, nodes, timeline = ([], {}, [], [])
         if todo.num_rows:
             parts, utilisation, nodes, timeline = ray_adapter.execute(

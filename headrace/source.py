@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import fsspec
 import pyarrow as pa
@@ -32,6 +33,7 @@ class Files:
     url: str
     extensions: tuple[str, ...] = ()
     id_column: str = "doc_id"
+    row_id: ClassVar[str | None] = None  # a record is a file: its id_column is the quarantine's record_id
     # How inputs are packed into tasks, not which rows a run makes: out of the repr, so out
     # of the run's fingerprint (retuning it between a killed run and its resume keeps the work).
     files_per_block: int = field(default=16, repr=False)

@@ -177,12 +177,31 @@ def complete_inputs(parts: list[StagedPart], wanted: set[str]) -> set[str]:
     return {k for k, total in totals.items() if total == FULL_WEIGHT and k in wanted}
 
 
-def keep_complete(area: StagingArea, resumed: Resumed, input_ids: list[str], id_column: str) -> None:
+def keep_complete(area: StagingArea, resumed: Resumed, input_ids: list[str], id_column: str,
+                  quarantine_by_input: bool = True) -> None:
     """Find the inputs an earlier attempt finished, and strip every other input's rows
-    from its staged files (they are made again). Fills ``resumed.complete``."""
+    from its staged files (they are made again). Fills ``resumed.complete``.
+    ``quarantine_by_input``: the quarantine's record_id is the input's id (not where an
+    input holds many records, each quarantined under its own id: table splits)."""
     if not resumed.parts:
         return
     complete = complete_inputs(resumed.parts, set(input_ids))
+    # A part that holds an unfinished input and cannot be split goes whole: the finished
+    # inputs in it are then unfinished too (their rows in other parts are stripped), which
+    # can catch more such parts.
+    splittable: dict[int, bool] = {}
+    while True:
+        caught = set()
+        for index, part in enumerate(resumed.parts):
+            if set(part.weights) <= complete:
+                continue
+            if index not in splittable:
+                splittable[index] = _splittable(area, part, id_column, quarantine_by_input)
+            if not splittable[index]:
+                caught |= set(part.weights) & complete
+        if not caught:
+            break
+        complete -= caught
     kept = []
     for index, part in enumerate(resumed.parts):
         if set(part.weights) <= complete:
@@ -194,8 +213,17 @@ def keep_complete(area: StagingArea, resumed: Resumed, input_ids: list[str], id_
     resumed.parts, resumed.complete = kept, complete
 
 
+def _splittable(area: StagingArea, part: StagedPart, id_column: str, quarantine_by_input: bool) -> bool:
+    """Whether ``part``'s files say each row's input: its data has the id column, its
+    quarantine names rows by their input (not where rows have ids of their own)."""
+    if part.quarantine_rows and not quarantine_by_input:
+        return False
+    return not part.data_rows or id_column in area.storage.read_parquet_schema(area.path("data", part.file)).names
+
+
 def strip_part(area: StagingArea, part: StagedPart, complete: set[str], name: str, id_column: str) -> StagedPart | None:
-    """Rewrite ``part`` with only the rows of complete inputs, under a new name.
+    """Rewrite ``part`` with only the rows of complete inputs, under a new name; a part
+    that is not ``_splittable`` must hold no complete input (it is then removed whole).
 
     Order matters for a kill at any point: the new files first, then the old progress
     file goes, then the new one is written, then the old files go. A kill in between
@@ -205,14 +233,11 @@ def strip_part(area: StagingArea, part: StagedPart, complete: set[str], name: st
     storage = area.storage
     replacement = StagedPart(name=name)
     keep = sorted(set(part.weights) & complete)
-    for sub in ("data", "quarantine"):
+    for sub in ("data", "quarantine") if keep else ():
         if not (part.data_rows if sub == "data" else part.quarantine_rows):
             continue
         table = storage.read_parquet(area.path(sub, part.file))
         column = id_column if sub == "data" else "record_id"
-        if column not in table.column_names:
-            keep = []  # the output has no id column: this part cannot be split, so redo it all
-            break
         table = table.filter(pc.is_in(table.column(column), pa.array(keep, pa.string())))
         if not table.num_rows:
             continue

@@ -109,6 +109,13 @@ class Storage:
 
         return self.retry(f"read {path}", read)
 
+    def read_parquet_schema(self, path: str) -> pa.Schema:
+        def read() -> pa.Schema:
+            with self.fs.open(path, "rb") as handle:
+                return pq.read_schema(handle)
+
+        return self.retry(f"read the schema of {path}", read)
+
     def read_json(self, path: str) -> Any:
         return json.loads(self.retry(f"read {path}", lambda: self.fs.cat_file(path)))
 

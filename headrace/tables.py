@@ -73,6 +73,10 @@ class Tables:
 
     unit: ClassVar[str] = "splits"  # what the run's counts.input counts
     rows_column: ClassVar[str] = "rows"  # the rows a split holds, where the listing knows (-1 where not)
+    # A split is the run's input, but a row is the record a user knows: the reader's id of
+    # each row, which error rows keep and the quarantine's record_id shows (a split that
+    # fails whole has no row: its split_id is shown).
+    row_id: ClassVar[str] = "record_id"
     url: str
     split_bytes: int = 32 * 2**20
     id_column: str = "split_id"

@@ -99,13 +99,11 @@ class ReadTable(Stage):
         errors = [None if e is None else f"{uri} {where} {p}: {e}" for e, p in zip(errors, positions)]
         ids = []
         for row, position in enumerate(positions):
-            if self.id_column:
-                value = values[self.id_column][row]
-                if value is None and errors[row] is None:
-                    errors[row] = f"{uri} {where} {position}: id column {self.id_column!r} is null"
-                ids.append(None if value is None else str(value))
-            else:
-                ids.append(f"{uri}#{position}" if where == "row" else f"{uri}@{position}")
+            value = values[self.id_column][row] if self.id_column else None
+            if self.id_column and value is None and errors[row] is None:
+                errors[row] = f"{uri} {where} {position}: id column {self.id_column!r} is null"
+            # A row without an id (a malformed line, a null id) is quarantined: under its place.
+            ids.append((f"{uri}#{position}" if where == "row" else f"{uri}@{position}") if value is None else str(value))
         columns = {"split_id": [split["split_id"]] * len(positions), "source": [uri] * len(positions), "record_id": ids}
         for name, kind in self.columns.items():
             columns[name] = self._column(values[name], kind, name, errors, positions, uri, where,
@@ -179,9 +177,11 @@ class ReadTable(Stage):
         if ids is None:
             numbers = pc.cast(pa.array(np.arange(first, first + n)), pa.string())
             ids = pc.binary_join_element_wise(f"{uri}#", numbers, "")
-        else:
+        elif ids.null_count:
             for row in _rows_where(pc.is_null(ids)):
                 errors.setdefault(row, f"{uri} row {first + row}: id column {self.id_column!r} is null")
+            numbers = pc.cast(pa.array(np.arange(first, first + n)), pa.string())
+            ids = pc.coalesce(ids, pc.binary_join_element_wise(f"{uri}#", numbers, ""))  # quarantined under their place
         for name in self.required:
             column = columns[name]
             missing = pc.is_null(column)

@@ -82,6 +82,38 @@ def test_resume_keeps_complete_inputs_strips_partial_parts_and_removes_orphans(t
     assert json.load(open(area.path(staging.RUN)))["attempts"] == ["run-0", "run-1"]
 
 
+def test_a_part_that_cannot_be_split_is_redone_whole_with_every_input_in_it(tmp_path):
+    """Where the staged files do not say each row's input (the output has no id column, or
+    the quarantine names rows by their own ids, as a table file's are), a part holding
+    an unfinished input is removed whole: the finished inputs in it are made again too,
+    and so are their rows in other parts, so that nothing is lost and nothing doubled."""
+    for unsplittable in ("data", "quarantine"):
+        sink = ParquetSink(str(tmp_path / unsplittable / "out"))
+        area = staging.StagingArea(sink.storage(), sink.staging(DS))
+        staging.prepare(area, FINGERPRINT, "run-0")
+        schema = SCHEMA.remove(0) if unsplittable == "data" else SCHEMA
+        writer = PartWriter(sink, area.root, 0, "run-0", KEYS, schema, row_id="line")
+
+        def failed(table):
+            error = pa.array([{"stage": "S", "error_type": "E", "message": "m", "traceback": ""}] * table.num_rows,
+                             table.schema.field("_error").type)
+            return table.set_column(table.schema.get_field_index("_error"), "_error", error)
+
+        a, c = lines("a", 4), lines("c", 2)
+        if unsplittable == "quarantine":
+            a, c = failed(a), failed(c)
+        # part 0: half of a and half of b (b never finished); part 1: the rest of a; part 2: all of c
+        writer.write(pa.concat_tables([a.slice(0, 2), lines("b", 2).slice(0, 1)]), 0)
+        writer.write(a.slice(2), 1)
+        writer.write(c, 2)
+        resumed = staging.prepare(area, FINGERPRINT, "run-1")
+        staging.keep_complete(area, resumed, ["a", "b", "c"], "doc_id", quarantine_by_input=unsplittable != "quarantine")
+        assert resumed.complete == {"c"}, unsplittable
+        assert [sorted(p.weights) for p in resumed.parts] == [["c"]], unsplittable
+        assert sorted(os.listdir(area.path("progress"))) == [resumed.parts[0].progress]
+        assert sorted(os.listdir(area.path(unsplittable))) == [resumed.parts[0].file]
+
+
 def test_another_fingerprint_discards_the_staged_files_and_says_what_changed(tmp_path):
     sink, area = first_attempt(tmp_path)
     edited = {**FINGERPRINT, "hash": "f2", "code": {"stages.lines": "bbb"}}

@@ -110,6 +110,15 @@ def test_rows_of_parquet_jsonl_csv_and_gzip_each_once_bad_ones_quarantined_with_
     assert len(quarantine) == 5, messages
     for fragment in bad:
         assert any(fragment in m for m in messages), (fragment, messages)
+    # The quarantine names each row as the output would (its id), or by its place where it has
+    # no id (a malformed line, a CSV row of the wrong width): not by the split it came in.
+    def place(fragment):
+        message = next(m for m in messages if fragment in m)
+        return message.split(" offset ")[0] + "@" + message.split(" offset ")[1].split(":")[0]
+
+    assert place("malformed JSON line").startswith(f"file://{folder}/lines.jsonl@")
+    assert sorted(q["record_id"] for q in quarantine) == sorted(
+        ["p6", "j31", "j40", place("malformed JSON line"), place("expected 2 fields")])
     # Splits, not files, are the run's inputs: 4 row groups, 1 gzip file, the CSV, and the JSON Lines files in 1 KiB ranges;
     # the range of long.jsonl in which no line starts is accounted as holding no records.
     jsonl_splits = -(-os.path.getsize(folder / "lines.jsonl") // 1024)
@@ -134,7 +143,8 @@ def test_parquet_rows_the_same_whatever_the_file_stores_them_as(tmp_path):
         out = read(pa.table({"id": pa.array([10, 11, 12, None, 14], pa.int32()), "text": stored}),
                    columns={"text": pa.string()}, id_column="id", required=("text",), rename={"text": "body"})
         assert out.schema.field("body").type == pa.string() and out.schema.field("record_id").type == pa.string()
-        assert out.column("record_id").to_pylist() == ["10", "11", "12", None, "14"]
+        ids = out.column("record_id").to_pylist()  # a null id: the row goes to the quarantine under its place
+        assert ids[:3] + ids[4:] == ["10", "11", "12", "14"] and ids[3].endswith(".parquet#3")
         assert out.column("body").to_pylist() == texts
         assert [e and e.split(": ", 1)[1] for e in out.column("_row_error").to_pylist()] == [
             None, "text is empty", "text is null", "id column 'id' is null", None]
@@ -234,6 +244,43 @@ def test_a_missing_column_quarantines_the_split_and_says_which(ray_cluster, tabl
     headrace.run(pipeline, DS, QUIET)
     quarantine = pq.read_table(tmp_path / "out" / "_quarantine" / f"ds={DS}").to_pylist()
     assert len(quarantine) == 1 and "has no column 'body' (it has id, text)" in quarantine[0]["message"]
+
+
+class Fussy(Stage):
+    """Fails on the one row whose text says so; the rows around it carry on."""
+
+    needs = ("text",)
+    adds = {"loud": pa.string()}
+
+    def process(self, batch):
+        if any("boom" in t for t in batch.column("text").to_pylist()):
+            raise ValueError("no booms")
+        return batch.append_column("loud", pc.utf8_upper(batch.column("text")))
+
+
+def test_a_row_failing_after_the_reader_is_quarantined_under_its_own_id(ray_cluster, tmp_path):
+    """Rows of one split fail in a later stage and in the schema check: the quarantine's
+    record_id is each row's id, as the output's would be, not the split's; a split that
+    fails whole is there under its split id (it has no rows)."""
+    import pandera.polars as pap
+    import polars as pl
+
+    pq.write_table(pa.table({"id": ["a", "b", "c", "d"], "text": ["fine", "boom", "fine too", "x"]}),
+                   tmp_path / "t.parquet")
+    pq.write_table(pa.table({"id": ["e"], "other": ["no text column"]}), tmp_path / "u.parquet")
+    schema = pap.DataFrameSchema({"loud": pap.Column(pl.Utf8, pap.Check.str_length(min_value=2))}, strict=False)
+    pipeline = Pipeline(
+        name="tables", source=Tables(str(tmp_path / "*.parquet")),
+        stages=[ReadTable({"text": pa.string()}, id_column="id"), Fussy()], schema=schema,
+        sink=output_sink(str(tmp_path / "out")), columns=["record_id", "loud"], max_quarantine_fraction=1.0,
+    )
+    headrace.run(pipeline, DS, QUIET)
+    assert sorted(pq.read_table(tmp_path / "out" / f"ds={DS}").column("record_id").to_pylist()) == ["a", "c"]
+    quarantine = {q["record_id"]: q for q in pq.read_table(tmp_path / "out" / "_quarantine" / f"ds={DS}").to_pylist()}
+    splits = Tables(str(tmp_path / "u.parquet")).list()
+    assert sorted(quarantine) == sorted(["b", "d", splits.column("split_id")[0].as_py()])
+    assert quarantine["b"]["stage"] == "Fussy" and quarantine["b"]["message"] == "no booms"
+    assert quarantine["d"]["stage"].startswith("schema") and "str_length" in quarantine["d"]["message"]
 
 
 def test_each_split_is_one_call_of_the_reader(ray_cluster, tables, tmp_path):
