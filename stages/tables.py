@@ -290,6 +290,9 @@ def _warc_rows(split: dict, wanted: list[str], html_to_text: bool):
     return values, positions, errors
 
 
+UNCLOSED_QUOTE = "a quoted field is not closed on its line (a CSV row must be one line: quoted newlines are not supported)"
+
+
 def _csv_rows(split: dict, lines, wanted: list[str]):
     header = _csv_header(split)
     missing = [c for c in wanted if c not in header]
@@ -303,9 +306,13 @@ def _csv_rows(split: dict, lines, wanted: list[str]):
             continue  # the header line, or a blank line
         positions.append(offset)
         try:
-            fields = next(csv.reader([raw.decode("utf-8")]))
+            # strict: a quote left open (a field with a newline in it, which a byte range
+            # cannot hold) is an error, not a field cut short at the end of the line.
+            fields = next(csv.reader([raw.decode("utf-8")], strict=True))
             error = None if len(fields) == len(header) else f"expected {len(header)} fields, got {len(fields)}"
-        except (UnicodeDecodeError, csv.Error, StopIteration) as exc:
+        except csv.Error as exc:
+            fields, error = [], (UNCLOSED_QUOTE if "unexpected end of data" in str(exc) else f"unreadable CSV row: {exc}")
+        except (UnicodeDecodeError, StopIteration) as exc:
             fields, error = [], f"unreadable CSV row: {exc}"
         errors.append(error)
         for name in wanted:

@@ -222,6 +222,20 @@ def test_csv_fields_are_parsed_as_their_declared_types_and_json_floats_are_not_c
     assert out[2]["_row_error"].endswith("column 'n': 2.5 is not int64")
 
 
+def test_a_csv_field_with_a_quoted_newline_is_quarantined_not_cut_short(tmp_path):
+    """A row must be one line: a quote left open at the end of a line is the row's error
+    (Python's lenient csv would return the field up to the newline as its value)."""
+    write(str(tmp_path), "q.csv", b'id,text\n1,"first half\nsecond half"\n2,"a ""quoted"" word"\n3,"open"x\n4,plain\n')
+    out = ReadTable({"text": pa.string()}, id_column="id").process(Tables(str(tmp_path / "q.csv")).list()).to_pylist()
+    assert [(row["text"], row["_row_error"] and row["_row_error"].split(": ", 1)[1]) for row in out] == [
+        (None, "a quoted field is not closed on its line (a CSV row must be one line: quoted newlines are not supported)"),
+        (None, "expected 2 fields, got 1"),
+        ('a "quoted" word', None),
+        (None, "unreadable CSV row: ',' expected after '\"'"),
+        ("plain", None),
+    ]
+
+
 def test_a_file_column_named_as_a_split_column_is_read_and_kept(ray_cluster, tmp_path):
     pq.write_table(pa.table({"text": ["a", "b"], "rows": [3, 4], "format": ["x", "y"]}), tmp_path / "t.parquet")
     pipeline = Pipeline(
