@@ -204,6 +204,7 @@ class ReadTable(Stage):
     def _text(self, split: dict, wanted: list[str]):
         lines = _lines(split)  # one line at a time: a split is never held whole
         if split["format"] == "jsonl":
+            _not_a_json_document(split)
             return _json_rows(lines, wanted)
         return _csv_rows(split, lines, wanted)
 
@@ -243,6 +244,30 @@ def _lines(split: dict):
             offset += len(line)
 
 
+def _not_a_json_document(split: dict) -> None:
+    """Raise for a file that is one JSON value over several lines (``[`` on its first line,
+    an object on each of the next ones, as ``json.dump(rows, indent=2)`` writes): read as
+    lines it would give some of its objects and quarantine the rest, each for a reason
+    that hides the cause. Every split of such a file is quarantined whole, with this one."""
+    fs, path = fsspec.core.url_to_fs(split["source"])
+    with fs.open(path, "rb") as raw:
+        handle = gzip.GzipFile(fileobj=raw) if split["compression"] == "gzip" else raw
+        first = handle.readline(MAX_FIRST_LINE).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if first[:1] not in (b"[", b"{"):
+        return
+    try:
+        json.loads(first)
+    except ValueError:
+        array = first[:1] == b"["
+        raise ValueError(f"{split['source']} is one JSON {'array' if array else 'object'} over several lines, not "
+                         "JSON Lines (one object per line)" + (": convert it first, e.g. with jq -c '.[]'" if array else "")
+                         ) from None
+
+
+JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+MAX_FIRST_LINE = 1 << 20  # bytes of a JSON file's first line read to tell JSON Lines from one JSON document
+
+
 def _json_rows(lines, wanted: list[str]):
     values = {name: [] for name in wanted}
     positions, errors = [], []
@@ -253,7 +278,7 @@ def _json_rows(lines, wanted: list[str]):
         try:
             record = json.loads(raw)
             if not isinstance(record, dict):
-                raise ValueError(f"a JSON {type(record).__name__}, not an object")
+                raise ValueError(f"a JSON {JSON_KINDS.get(type(record), type(record).__name__)}, not an object")
             error = None
         except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
             record, error = {}, f"malformed JSON line: {exc}"

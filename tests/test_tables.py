@@ -236,6 +236,28 @@ def test_a_csv_field_with_a_quoted_newline_is_quarantined_not_cut_short(tmp_path
     ]
 
 
+def test_a_json_file_that_is_one_document_is_refused_whole_not_read_as_lines(tmp_path):
+    """``json.dump(rows, indent=2)`` makes lines of which some parse as objects: read as JSON
+    Lines it would output those and quarantine the rest for reasons that hide the cause.
+    Every split of such a file fails whole, saying what the file is."""
+    rows = [{"id": i, "text": f"row {i} " + "x" * 40} for i in range(40)]
+    write(str(tmp_path), "pretty.json", json.dumps(rows, indent=2).encode())
+    write(str(tmp_path), "pretty.json.gz", gzip.compress(json.dumps({"rows": rows}, indent=1).encode()))
+    reader = ReadTable({"text": pa.string()}, id_column="id")
+    for name, what in (("pretty.json", "array"), ("pretty.json.gz", "object")):
+        splits = Tables(str(tmp_path / name), split_bytes=1024).list()
+        assert splits.num_rows == (1 if name.endswith(".gz") else -(-os.path.getsize(tmp_path / name) // 1024))
+        for i in range(splits.num_rows):
+            with pytest.raises(ValueError, match=f"{name} is one JSON {what} over several lines, not JSON Lines"):
+                reader.process(splits.slice(i, 1))
+    # One line that is an array or a null is that line's error, named in JSON's words.
+    write(str(tmp_path), "odd.jsonl", b'{"id": 1, "text": "fine"}\n[1, 2]\nnull\n"text"\n')
+    out = reader.process(Tables(str(tmp_path / "odd.jsonl")).list()).to_pylist()
+    assert [row["_row_error"] and row["_row_error"].split(": ", 1)[1] for row in out] == [
+        None, "malformed JSON line: a JSON array, not an object", "malformed JSON line: a JSON null, not an object",
+        "malformed JSON line: a JSON string, not an object"]
+
+
 def test_a_file_column_named_as_a_split_column_is_read_and_kept(ray_cluster, tmp_path):
     pq.write_table(pa.table({"text": ["a", "b"], "rows": [3, 4], "format": ["x", "y"]}), tmp_path / "t.parquet")
     pipeline = Pipeline(
