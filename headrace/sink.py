@@ -46,7 +46,7 @@ class ParquetSink:
     unique_names = False  # whether published files carry the run id even on a local disk
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "url", absolute_url(self.url))
+        object.__setattr__(self, "url", absolute_url(self.url, "output"))
         protocol = fsspec.core.split_protocol(self.url)[0] or "file"
         try:
             fsspec.get_filesystem_class(protocol)

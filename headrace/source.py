@@ -41,7 +41,7 @@ class Files:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "given", self.url)
-        object.__setattr__(self, "url", absolute_url(self.url))
+        object.__setattr__(self, "url", absolute_url(self.url, "input"))
 
     @property
     def keys(self) -> tuple[str, ...]:

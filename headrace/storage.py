@@ -22,16 +22,21 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from headrace.errors import ConfigError
 from headrace.retry import retrying
 
 log = logging.getLogger("headrace")
 T = TypeVar("T")
 
 
-def absolute_url(url: str) -> str:
+def absolute_url(url: str, what: str = "path") -> str:
     """``url`` with a protocol and, for local paths, an absolute path: resolved here, on the
-    driver, so that workers with another working directory read and write the same place."""
-    protocol, path = fsspec.core.split_protocol(url)
+    driver, so that workers with another working directory read and write the same place.
+    An empty one is a ConfigError naming ``what`` (``input``, ``output``): it would
+    otherwise mean the working directory (an unset variable in a scheduler's command)."""
+    protocol, path = fsspec.core.split_protocol((url or "").strip())
+    if not path:
+        raise ConfigError(f"{what} is empty: give a path or URL (got {url!r})")
     if protocol in (None, "file", "local"):
         return "file://" + os.path.abspath(os.path.expanduser(path))
     return url

@@ -93,7 +93,7 @@ class Tables:
         if self.footer_threads < 1:
             raise ConfigError(f"footer_threads must be at least 1, got {self.footer_threads}")
         object.__setattr__(self, "given", self.url)
-        object.__setattr__(self, "url", absolute_url(self.url))
+        object.__setattr__(self, "url", absolute_url(self.url, "input"))
 
     @property
     def keys(self) -> tuple[str, ...]:

@@ -57,6 +57,11 @@ class ReadTable(Stage):
         self.required = tuple(required)
         self.rename = dict(rename or {})
         self.html_to_text = html_to_text
+        if any(not isinstance(name, str) or not name.strip() for name in self.columns):
+            raise PipelineError(f"ReadTable: a column name is empty ({', '.join(map(repr, self.columns))})")
+        if id_column is not None and not (isinstance(id_column, str) and id_column.strip()):
+            raise PipelineError(f"ReadTable: id_column is {id_column!r}: give a column's name, or None for ids "
+                                "made of the file and the row's place")
         unknown = [name for name in self.required if name not in self.columns]
         if unknown:
             raise PipelineError(f"ReadTable: required column {', '.join(map(repr, unknown))} is not one of its "

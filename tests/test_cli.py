@@ -40,6 +40,9 @@ def small_corpus(tmp_path_factory):
         (["--conf", "headrace.object_store_memory=lots"], "expected a size such as 2GiB"),
         (["--conf", "headrace.broken_stage_after=-1"], "broken_stage_after=-1: 0 (off) or more"),
         (["--conf", "max_quarantine_fraction=2"], "max_quarantine_fraction must be a number from 0 to 1"),
+        # An unset variable in a scheduler's command: not the working directory.
+        (["--conf", "output="], "output is empty: give a path or URL"),
+        (["--conf", "input="], "input is empty: give a path or URL"),
     ],
 )
 def test_bad_configuration_exits_2_with_one_line_before_ray(args, message):

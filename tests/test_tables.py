@@ -157,6 +157,8 @@ def test_parquet_rows_the_same_whatever_the_file_stores_them_as(tmp_path):
         None, "column 'n': 2.5 is not int64", None, None]
     with pytest.raises(headrace.PipelineError, match="required column 'body' is not one of its columns"):
         ReadTable({"text": pa.string()}, required=("body",))
+    with pytest.raises(headrace.PipelineError, match="a column name is empty"):
+        ReadTable({"": pa.string()})  # e.g. --conf text_column= from an unset variable
 
 
 @pytest.mark.parametrize("protocol", ["file", "s3", "gs"])
