@@ -79,15 +79,36 @@ class ReadTable(Stage):
 
     def _read(self, split: dict) -> pa.Table:
         wanted = list(dict.fromkeys([*self.columns, *([self.id_column] if self.id_column else [])]))
+        folders = self._folders(split, wanted)
         if split["format"] == "parquet":
-            return self._read_parquet(split, wanted)
+            return self._read_parquet(split, wanted, folders)
         if split["format"] == "warc":
-            values, positions, errors = _warc_rows(split, wanted, self.html_to_text)
+            from stages.warc import FIELDS
+
+            values, positions, errors = _warc_rows(split, [n for n in wanted if n in FIELDS or n not in folders],
+                                                   self.html_to_text)
+            values |= {name: [value] * len(positions) for name, (_, value) in folders.items() if name not in FIELDS}
         else:
-            values, positions, errors = self._text(split, wanted)
+            values, positions, errors = self._text(split, wanted, folders)
         if not positions:
             return self._no_records(split)
         return self._rows(split, values, positions, errors)
+
+    def _folders(self, split: dict, wanted: list[str]) -> dict[str, tuple[str | None, object]]:
+        """The wanted columns named by the file's folders, Hive-style (``.../lang=en/part-0.parquet``,
+        as Spark's ``partitionBy`` and ``pyarrow.dataset``'s hive partitioning write them):
+        name -> (the text in the path, its value as the column's type). A column the file
+        has is read from the file; these fill a column it lacks, for every row."""
+        out = {}
+        for name, text in _hive_folders(split["source"]).items():
+            if name not in wanted:
+                continue
+            kind = self.columns.get(name, pa.string())
+            value = None if text is None else _parsed([text], kind)[0]
+            if value is not None and not _fits([value], kind):
+                raise ValueError(f"{split['source']}: folder {name}={text}: {text!r} is not {kind}")
+            out[name] = (text, value)
+        return out
 
     def _no_records(self, split: dict) -> pa.Table:
         """A byte range in which no line or record starts, an empty row group or file: the
@@ -142,7 +163,7 @@ class ReadTable(Stage):
             out.append(value)
         return out
 
-    def _read_parquet(self, split: dict, wanted: list[str]) -> pa.Table:
+    def _read_parquet(self, split: dict, wanted: list[str], folders: dict) -> pa.Table:
         """A row group's rows, kept in Arrow: a column whose type in the file is the
         declared one (or holds the same values: dictionary-encoded, large strings) is
         used as read; any other goes through ``_rows``' check value by value."""
@@ -161,14 +182,20 @@ class ReadTable(Stage):
             _FOOTERS[key] = reader.metadata
             while len(_FOOTERS) > FOOTERS_KEPT:
                 _FOOTERS.pop(next(iter(_FOOTERS)))
-            missing = [c for c in wanted if c not in reader.schema_arrow.names]
+            has = reader.schema_arrow.names
+            missing = [c for c in wanted if c not in has and c not in folders]
             if missing:
                 raise KeyError(f"{split['source']} has no column {', '.join(map(repr, missing))} "
-                               f"(it has {', '.join(reader.schema_arrow.names)})")
+                               f"(it has {', '.join(has)})")
+            present = [c for c in wanted if c in has]
             group = split["row_group"]
-            table = reader.read_row_group(group, columns=wanted) if group >= 0 else reader.read(columns=wanted)
+            table = reader.read_row_group(group, columns=present) if group >= 0 else reader.read(columns=present)
         if table.num_rows == 0:
             return self._no_records(split)
+        for name in wanted:
+            if name not in has:
+                table = table.append_column(name, pa.array([folders[name][1]] * table.num_rows,
+                                                           self.columns.get(name, pa.string())))
         columns = {name: _as_declared(table.column(name), kind) for name, kind in self.columns.items()}
         ids = None
         if self.id_column:
@@ -206,12 +233,12 @@ class ReadTable(Stage):
             ROW_ERROR: error_column,
         })
 
-    def _text(self, split: dict, wanted: list[str]):
+    def _text(self, split: dict, wanted: list[str], folders: dict):
         lines = _lines(split)  # one line at a time: a split is never held whole
         if split["format"] == "jsonl":
             _not_a_json_document(split)
-            return _json_rows(lines, wanted)
-        return _csv_rows(split, lines, wanted)
+            return _json_rows(lines, wanted, {name: value for name, (_, value) in folders.items()})
+        return _csv_rows(split, lines, wanted, {name: text for name, (text, _) in folders.items()})
 
     def _empty(self) -> pa.Table:
         schema = pa.schema([("split_id", pa.string()), ("source", pa.string()), *self.adds.items(),
@@ -273,7 +300,8 @@ JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool
 MAX_FIRST_LINE = 1 << 20  # bytes of a JSON file's first line read to tell JSON Lines from one JSON document
 
 
-def _json_rows(lines, wanted: list[str]):
+def _json_rows(lines, wanted: list[str], folders: dict):
+    """Rows of JSON Lines; a key a record lacks takes its value from ``folders`` if named there."""
     values = {name: [] for name in wanted}
     positions, errors = [], []
     for offset, raw in lines:
@@ -289,7 +317,7 @@ def _json_rows(lines, wanted: list[str]):
             record, error = {}, f"malformed JSON line: {exc}"
         errors.append(error)
         for name in wanted:
-            values[name].append(record.get(name))
+            values[name].append(record.get(name, folders.get(name)))
     return values, positions, errors
 
 
@@ -323,12 +351,14 @@ def _warc_rows(split: dict, wanted: list[str], html_to_text: bool):
 UNCLOSED_QUOTE = "a quoted field is not closed on its line (a CSV row must be one line: quoted newlines are not supported)"
 
 
-def _csv_rows(split: dict, lines, wanted: list[str]):
+def _csv_rows(split: dict, lines, wanted: list[str], folders: dict):
+    """Rows of a CSV file (fields as text); a column its header lacks is taken from
+    ``folders`` (its text in the path) if named there."""
     header = _csv_header(split)
-    missing = [c for c in wanted if c not in header]
+    missing = [c for c in wanted if c not in header and c not in folders]
     if missing:
         raise KeyError(f"{split['source']} has no column {', '.join(map(repr, missing))} (it has {', '.join(header)})")
-    index = {name: header.index(name) for name in wanted}
+    index = {name: header.index(name) for name in wanted if name in header}
     values = {name: [] for name in wanted}
     positions, errors = [], []
     for offset, raw in lines:
@@ -346,7 +376,7 @@ def _csv_rows(split: dict, lines, wanted: list[str]):
             fields, error = [], f"unreadable CSV row: {exc}"
         errors.append(error)
         for name in wanted:
-            values[name].append(fields[index[name]] if error is None else None)
+            values[name].append(None if error is not None else fields[index[name]] if name in index else folders[name])
     return values, positions, errors
 
 
@@ -408,6 +438,22 @@ def _parsed(fields: list, kind: pa.DataType) -> list:
             out.append(None if field is None else pa.array([field]).cast(kind)[0].as_py())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             out.append(field)
+    return out
+
+
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # Spark's and Hive's folder for a null partition value
+
+
+def _hive_folders(uri: str) -> dict[str, str | None]:
+    """``name=value`` folders on a file's path, innermost last (and winning), unescaped as
+    Spark escapes them (``%3D``, ``%2F``); Hive's null folder is None."""
+    from urllib.parse import unquote
+
+    out = {}
+    for folder in fsspec.core.split_protocol(uri)[1].split("/")[:-1]:
+        name, equals, value = folder.partition("=")
+        if equals and name:
+            out[unquote(name)] = None if value == HIVE_NULL else unquote(value)
     return out
 
 

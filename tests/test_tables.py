@@ -260,6 +260,39 @@ def test_a_json_file_that_is_one_document_is_refused_whole_not_read_as_lines(tmp
         "malformed JSON line: a JSON string, not an object"]
 
 
+def test_columns_named_by_hive_style_folders_fill_the_columns_a_file_lacks(tmp_path):
+    """``lang=en/year=2024/part-0.parquet`` (Spark's partitionBy, pyarrow.dataset's hive
+    partitioning): the folder's value, as the declared type, for every row of the file;
+    Hive's null folder is null; a column the file (or the JSON record) has wins; a value
+    that is not of the column's type fails the split, naming the folder."""
+    import pyarrow.dataset as pads
+
+    table = pa.table({"id": ["a", "b", "c", "d"], "text": ["t1", "t2", "t3", "t4"],
+                      "lang": ["en", "en", "fr", None], "year": [2024, 2025, 2025, 2025]})
+    pads.write_dataset(table, tmp_path / "pq", format="parquet", partitioning=["lang", "year"],
+                       partitioning_flavor="hive")
+    write(str(tmp_path / "js" / "lang=de" / "year=2023"), "p.jsonl",
+          b'{"id": "e", "text": "t5"}\n{"id": "f", "text": "t6", "lang": "own"}\n')
+    write(str(tmp_path / "csv" / "lang=es%2Fmx" / "year=2022"), "p.csv", b"id,text\nh,t8\n")
+    write(str(tmp_path / "bad" / "year=soon"), "p.csv", b"id,text\ng,t7\n")
+    reader = ReadTable({"text": pa.string(), "lang": pa.string(), "year": pa.int64()}, id_column="id")
+
+    def rows(folder):
+        splits = Tables(str(tmp_path / folder)).list()
+        out = pa.concat_tables(reader.process(splits.slice(i, 1)) for i in range(splits.num_rows))
+        assert out.schema.field("year").type == pa.int64() and out.column("_row_error").null_count == out.num_rows
+        return sorted(zip(*(out.column(c).to_pylist() for c in ("record_id", "lang", "year"))))
+
+    assert rows("pq") == [("a", "en", 2024), ("b", "en", 2025), ("c", "fr", 2025), ("d", None, 2025)]
+    assert rows("js") == [("e", "de", 2023), ("f", "own", 2023)]
+    assert rows("csv") == [("h", "es/mx", 2022)]
+    with pytest.raises(ValueError, match="folder year=soon: 'soon' is not int64"):
+        reader.process(Tables(str(tmp_path / "bad")).list())
+    write(str(tmp_path / "nolang" / "year=2020"), "p.csv", b"id,text\ng,t7\n")
+    with pytest.raises(KeyError, match="has no column 'lang'"):  # in neither the file nor a folder
+        reader.process(Tables(str(tmp_path / "nolang")).list())
+
+
 def test_a_file_column_named_as_a_split_column_is_read_and_kept(ray_cluster, tmp_path):
     pq.write_table(pa.table({"text": ["a", "b"], "rows": [3, 4], "format": ["x", "y"]}), tmp_path / "t.parquet")
     pipeline = Pipeline(
