@@ -355,6 +355,10 @@ def _csv_rows(split: dict, lines, wanted: list[str], folders: dict):
     """Rows of a CSV file (fields as text); a column its header lacks is taken from
     ``folders`` (its text in the path) if named there."""
     header = _csv_header(split)
+    if not header:
+        if any(raw.strip() for _, raw in lines):
+            raise ValueError(f"{split['source']}: the first line is blank; a CSV file's first line is its header")
+        return {name: [] for name in wanted}, [], []  # an empty file: no records, as an empty JSON Lines file
     missing = [c for c in wanted if c not in header and c not in folders]
     if missing:
         raise KeyError(f"{split['source']} has no column {', '.join(map(repr, missing))} (it has {', '.join(header)})")

@@ -34,7 +34,8 @@ class RayNodes:
     """
 
     def __init__(self) -> None:
-        self.port = free_port()
+        self.ports: set[int] = set()  # every port this cluster's nodes were given: never one twice
+        self.port = self._port()
         self.dashboard_port: int | None = None
         self.client_port: int | None = None
         self.temp_dirs: list[str] = []
@@ -60,10 +61,10 @@ class RayNodes:
     def start_head(self, cpus: int, dashboard: bool = False, client: bool = False) -> None:
         args = [f"--head", f"--port={self.port}", "--include-dashboard=" + ("true" if dashboard else "false")]
         if dashboard:
-            self.dashboard_port = free_port()
+            self.dashboard_port = self._port()
             args += ["--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}"]
-        self.client_port = free_port() if client else None
-        args.append(f"--ray-client-server-port={self.client_port or free_port()}")
+        self.client_port = self._port() if client else None
+        args.append(f"--ray-client-server-port={self.client_port or self._port()}")
         self._start(args, cpus, None)
 
     def add_worker(self, cpus: int, resources: dict[str, float] | None = None) -> None:
@@ -71,10 +72,19 @@ class RayNodes:
         self._start([f"--address={self.address}"], cpus, resources)
         self.wait_for_nodes(len(self.temp_dirs) - len(self.killed))
 
+    def _port(self) -> int:
+        """A free port not given to this cluster before: the OS may offer a port it just
+        offered again once the probe is closed, and `ray start` refuses one port for two
+        components (it happened: node manager and dashboard agent both on 40961)."""
+        while (port := free_port()) in self.ports:
+            pass
+        self.ports.add(port)
+        return port
+
     def _start(self, args: list[str], cpus: int, resources) -> None:
         temp_dir = tempfile.mkdtemp(prefix="hr-node-", dir="/tmp")
         self.temp_dirs.append(temp_dir)
-        ports = [f"--{name}={free_port()}" for name in (
+        ports = [f"--{name}={self._port()}" for name in (
             "node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
             "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
         )]

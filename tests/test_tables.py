@@ -17,6 +17,7 @@ import headrace
 from conftest import QUIET, bucket, write
 from headrace import Pipeline, Stage, output_sink
 from headrace.tables import Tables
+from headrace.envelope import NO_RECORDS
 from stages.tables import ReadTable, _lines
 
 DS = "2026-11-28"
@@ -236,6 +237,16 @@ def test_a_csv_field_with_a_quoted_newline_is_quarantined_not_cut_short(tmp_path
         (None, "unreadable CSV row: ',' expected after '\"'"),
         ("plain", None),
     ]
+
+
+def test_an_empty_csv_file_holds_no_records_and_a_blank_header_line_is_named(tmp_path):
+    write(str(tmp_path), "empty.csv", b"")
+    write(str(tmp_path), "blank.csv", b"\nid,text\nx,y\n")
+    reader = ReadTable({"text": pa.string()}, id_column="id")
+    out = reader.process(Tables(str(tmp_path / "empty.csv")).list())
+    assert out.column("_row_error").to_pylist() == [NO_RECORDS]  # as an empty JSON Lines file
+    with pytest.raises(ValueError, match="blank.csv: the first line is blank; a CSV file's first line is its header"):
+        reader.process(Tables(str(tmp_path / "blank.csv")).list())
 
 
 def test_a_json_file_that_is_one_document_is_refused_whole_not_read_as_lines(tmp_path):
