@@ -78,6 +78,17 @@ class ReadTable(Stage):
     # -- one split -------------------------------------------------------------
 
     def _read(self, split: dict) -> pa.Table:
+        """One split's rows; an error that fails the split names its file (a truncated gzip
+        file's EOFError does not) and, for a byte range, where it is."""
+        try:
+            return self._read_split(split)
+        except Exception as exc:
+            if split["source"] not in str(exc):
+                where = f" bytes {split['start']}-{split['stop']}" if split["format"] != "parquet" and split["start"] else ""
+                exc.add_note(f"reading {split['source']}{where}")
+            raise
+
+    def _read_split(self, split: dict) -> pa.Table:
         wanted = list(dict.fromkeys([*self.columns, *([self.id_column] if self.id_column else [])]))
         folders = self._folders(split, wanted)
         if split["format"] == "parquet":

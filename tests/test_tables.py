@@ -249,6 +249,18 @@ def test_an_empty_csv_file_holds_no_records_and_a_blank_header_line_is_named(tmp
         reader.process(Tables(str(tmp_path / "blank.csv")).list())
 
 
+def test_a_split_that_fails_whole_names_its_file_in_the_message(tmp_path):
+    """A truncated gzip file fails with Python's EOFError, which names nothing."""
+    from headrace.envelope import describe_exception
+
+    data = gzip.compress(b"".join(b'{"id": %d, "text": "row"}\n' % i for i in range(500)))
+    write(str(tmp_path), "cut.jsonl.gz", data[: len(data) // 2])
+    with pytest.raises(EOFError) as failure:
+        ReadTable({"text": pa.string()}).process(Tables(str(tmp_path / "cut.jsonl.gz")).list())
+    assert describe_exception(failure.value)[1] == (
+        f"Compressed file ended before the end-of-stream marker was reached (reading file://{tmp_path}/cut.jsonl.gz)")
+
+
 def test_a_json_file_that_is_one_document_is_refused_whole_not_read_as_lines(tmp_path):
     """``json.dump(rows, indent=2)`` makes lines of which some parse as objects: read as JSON
     Lines it would output those and quarantine the rest for reasons that hide the cause.
