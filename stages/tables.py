@@ -288,27 +288,23 @@ def _lines(split: dict):
 
 
 def _not_a_json_document(split: dict) -> None:
-    """Raise for a file that is one JSON value over several lines (``[`` on its first line,
-    an object on each of the next ones, as ``json.dump(rows, indent=2)`` writes): read as
-    lines it would give some of its objects and quarantine the rest, each for a reason
-    that hides the cause. Every split of such a file is quarantined whole, with this one."""
+    """Raise for a file that is one JSON value over several lines, as pretty-printers write
+    it (``json.dump(rows, indent=2)``, ``jq .``: ``[`` or ``{`` alone on the first line):
+    read as lines it would give some of its objects and quarantine the rest, each for a
+    reason that hides the cause. Every split of such a file is quarantined whole, with this
+    one. A malformed first record is that line's error, as any other line's."""
     fs, path = fsspec.core.url_to_fs(split["source"])
     with fs.open(path, "rb") as raw:
         handle = gzip.GzipFile(fileobj=raw) if split["compression"] == "gzip" else raw
-        first = handle.readline(MAX_FIRST_LINE).lstrip(b"\xef\xbb\xbf \t\r\n")
-    if first[:1] not in (b"[", b"{"):
-        return
-    try:
-        json.loads(first)
-    except ValueError:
-        array = first[:1] == b"["
+        first = handle.readline(MAX_FIRST_LINE).lstrip(b"\xef\xbb\xbf").strip()
+    if first in (b"[", b"{"):
+        array = first == b"["
         raise ValueError(f"{split['source']} is one JSON {'array' if array else 'object'} over several lines, not "
-                         "JSON Lines (one object per line)" + (": convert it first, e.g. with jq -c '.[]'" if array else "")
-                         ) from None
+                         "JSON Lines (one object per line)" + (": convert it first, e.g. with jq -c '.[]'" if array else ""))
 
 
 JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
-MAX_FIRST_LINE = 1 << 20  # bytes of a JSON file's first line read to tell JSON Lines from one JSON document
+MAX_FIRST_LINE = 64  # bytes of a JSON file's first line read to tell JSON Lines from one pretty-printed document
 
 
 def _json_rows(lines, wanted: list[str], folders: dict):

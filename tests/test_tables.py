@@ -275,12 +275,19 @@ def test_a_json_file_that_is_one_document_is_refused_whole_not_read_as_lines(tmp
         for i in range(splits.num_rows):
             with pytest.raises(ValueError, match=f"{name} is one JSON {what} over several lines, not JSON Lines"):
                 reader.process(splits.slice(i, 1))
-    # One line that is an array or a null is that line's error, named in JSON's words.
-    write(str(tmp_path), "odd.jsonl", b'{"id": 1, "text": "fine"}\n[1, 2]\nnull\n"text"\n')
+    # A first record longer than the bytes looked at is a record, not the start of a document.
+    from stages.tables import MAX_FIRST_LINE
+
+    big = json.dumps({"id": 1, "text": "w " * MAX_FIRST_LINE}).encode() + b"\n" + b'{"id": 2, "text": "small"}\n'
+    write(str(tmp_path), "big.jsonl", big)
+    out = reader.process(Tables(str(tmp_path / "big.jsonl")).list())
+    assert out.column("record_id").to_pylist() == ["1", "2"] and out.column("_row_error").null_count == 2
+    # A malformed first line is that line's error; one that is an array or a null too, named in JSON's words.
+    write(str(tmp_path), "odd.jsonl", b'{"id": 0, "text": "cut\n{"id": 1, "text": "fine"}\n[1, 2]\nnull\n"text"\n')
     out = reader.process(Tables(str(tmp_path / "odd.jsonl")).list()).to_pylist()
-    assert [row["_row_error"] and row["_row_error"].split(": ", 1)[1] for row in out] == [
-        None, "malformed JSON line: a JSON array, not an object", "malformed JSON line: a JSON null, not an object",
-        "malformed JSON line: a JSON string, not an object"]
+    assert [row["_row_error"] and row["_row_error"].split(": ", 2)[-1].split(":")[0] for row in out] == [
+        "Invalid control character at", None, "a JSON array, not an object", "a JSON null, not an object",
+        "a JSON string, not an object"]
 
 
 def test_columns_named_by_hive_style_folders_fill_the_columns_a_file_lacks(tmp_path):
