@@ -217,14 +217,14 @@ class ReadTable(Stage):
             return self._rows(split, values, positions, [None] * table.num_rows)
         uri, n, first = split["source"], table.num_rows, split["first_row"]
         errors: dict[int, str] = {}
+        places = lambda: pc.binary_join_element_wise(  # noqa: E731 - "URI#row", made only where needed
+            f"{uri}#", pc.cast(pa.array(np.arange(first, first + n)), pa.string()), "")
         if ids is None:
-            numbers = pc.cast(pa.array(np.arange(first, first + n)), pa.string())
-            ids = pc.binary_join_element_wise(f"{uri}#", numbers, "")
+            ids = places()
         elif ids.null_count:
             for row in _rows_where(pc.is_null(ids)):
                 errors.setdefault(row, f"{uri} row {first + row}: id column {self.id_column!r} is null")
-            numbers = pc.cast(pa.array(np.arange(first, first + n)), pa.string())
-            ids = pc.coalesce(ids, pc.binary_join_element_wise(f"{uri}#", numbers, ""))  # quarantined under their place
+            ids = pc.coalesce(ids, places())  # rows without an id are quarantined under their place
         for name in self.required:
             column = columns[name]
             missing = pc.is_null(column)
