@@ -14,7 +14,7 @@ import string
 
 import pyarrow as pa
 
-from headrace import Pipeline, Stage, output_sink
+from headrace import ConfigError, Pipeline, Stage, output_sink
 from headrace.tables import Tables
 from schemas.llm_generate import llm_generate_schema
 from stages.generate import Generate, TokenizePrompts
@@ -28,7 +28,7 @@ class RenderPrompt(Stage):
 
     def __init__(self, template: str):
         self.template = template
-        self.fields = tuple(dict.fromkeys(f for _, f, _, _ in string.Formatter().parse(template) if f))
+        self.fields = template_fields(template)
         self.needs = self.fields
         self.drops = tuple(f for f in self.fields if f != "prompt")
 
@@ -39,6 +39,34 @@ class RenderPrompt(Stage):
         if "prompt" in table.column_names:
             table = table.drop_columns(["prompt"])
         return table.append_column("prompt", pa.array(prompts, pa.string()))
+
+
+def template_fields(template: str) -> tuple[str, ...]:
+    """The column names a prompt template fills, checked before any work starts: a field
+    must name a column (``{text}``, with any conversion and format spec a string takes);
+    ``{}``, ``{0}``, ``{text.attr}`` and ``{text[0]}`` would fail on every row at run time."""
+    def refuse(why: str):
+        raise ConfigError(f"prompt_template {template!r}: {why}")
+
+    try:
+        parsed = [(field, spec) for _, field, spec, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as exc:  # "expected '}' before end of string", "Single '}' encountered ..."
+        refuse(f"{exc} (write {{{{ and }}}} for literal braces)")
+    named = [field for field, _ in parsed]
+    for field, spec in parsed:
+        if "{" in (spec or ""):
+            refuse(f"{{{field}:{spec}}}: a field inside a format spec is not supported")
+        if field == "" or field.isdigit():
+            refuse(f"{{{field}}} is positional: name a column, e.g. {{text}}")
+        if "." in field or "[" in field:
+            refuse(f"{{{field}}} is not a column name (attributes and indexes are not supported): "
+                   f"name a column, e.g. {{text}}")
+    fields = tuple(dict.fromkeys(named))
+    try:  # every field is read as a string: a spec or conversion a string refuses fails here, not per row
+        template.format(**{field: "x" for field in fields})
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        refuse(f"{type(exc).__name__}: {exc}")
+    return fields
 
 
 def pipeline(

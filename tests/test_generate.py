@@ -6,6 +6,7 @@ import json
 import os
 import random
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -112,3 +113,48 @@ def test_the_vllm_engine_gives_every_prompt_the_plain_loops_greedy_output(ray_cl
     assert all(r["finish_reason"] in ("stop", "length") and 0 <= r["generated_tokens"] <= 8 for r in rows)
     quarantine = pq.read_table(tmp_path / "vllm" / "_quarantine" / f"ds={DS}").to_pylist()
     assert len(quarantine) == 1 and "prompt is 61 tokens" in quarantine[0]["message"]
+
+
+@pytest.mark.parametrize(
+    "template, message",
+    [
+        ("Summarise: {text", "expected '}' before end of string (write {{ and }} for literal braces)"),
+        ("a } b", "Single '}' encountered"),
+        ("Say {}", "{} is positional: name a column"),
+        ("Say {0}", "{0} is positional: name a column"),
+        ("Say {text[0]}", "{text[0]} is not a column name (attributes and indexes are not supported)"),
+        ("Say {text.upper}", "{text.upper} is not a column name"),
+        ("Say {text!x}", "Unknown conversion specifier x"),
+        ("Say {text:d}", "Unknown format code 'd' for object of type 'str'"),
+        ("Say {text:{width}}", "a field inside a format spec is not supported"),
+    ],
+)
+def test_a_prompt_template_that_would_fail_on_every_row_is_refused_before_any_work(template, message):
+    """Each of these used to fail at run time: on every row (IndexError, ValueError), or on
+    every split as a missing column named 'text[0]'."""
+    from pipelines.llm_generate import pipeline
+
+    with pytest.raises(headrace.ConfigError) as refused:
+        pipeline(prompt_template=template)
+    assert str(refused.value).startswith(f"prompt_template {template!r}: ") and message in str(refused.value)
+
+
+def test_a_prompt_template_of_column_fields_with_specs_and_literal_braces_is_taken():
+    from pipelines.llm_generate import pipeline
+
+    built = pipeline(prompt_template="{{json}} {title!r:>12}: {text} ({title})")
+    render = built.stages[1]
+    assert render.fields == ("title", "text")
+    rows = render.process(pa.table({"title": ["Weir"], "text": ["water"]}))
+    assert rows.column("prompt").to_pylist() == ["{json}       'Weir': water (Weir)"]
+
+
+def test_a_bad_prompt_template_exits_2_in_one_line():
+    import subprocess
+
+    from conftest import HEADRACE, ROOT
+
+    result = subprocess.run([*HEADRACE, "submit", "pipelines/llm_generate.py", "--master", "127.0.0.1:1",
+                             "--conf", "prompt_template=Say {0}"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "prompt_template 'Say {0}': {0} is positional" in result.stderr
