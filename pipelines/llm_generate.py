@@ -96,7 +96,9 @@ def pipeline(
         name="llm_generate",
         source=Tables(input, split_bytes=split_bytes),
         stages=[
-            ReadTable({f: pa.string() for f in render.fields}, id_column=id_column, required=render.fields),
+            # A template shows a number, a flag or a list as its text: not a value of the wrong type.
+            ReadTable({f: pa.string() for f in render.fields}, id_column=id_column, required=render.fields,
+                      as_text=render.fields),
             render,
             TokenizePrompts(model, max_new_tokens),
             Generate(model, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,

@@ -30,7 +30,9 @@ class ReadTable(Stage):
     fields, a value of the wrong type, a null or empty value of a ``required`` column, a
     null id) becomes a quarantined row naming the file, its line's byte offset (or row
     number) and the reason; its neighbours carry on. A split that cannot be read at all
-    (a missing column, a corrupt file) is quarantined whole.
+    (a missing column, a corrupt file) is quarantined whole. ``as_text`` names string
+    columns that take a value of any type as its text (``5``, ``true``, ``["a", "b"]``),
+    as a prompt template shows them, instead of refusing it as a wrong type.
 
     WARC and WET files have the columns ``stages.warc.FIELDS``: ``url``, ``date``,
     ``warc_type``, ``warc_record_id``, ``content_type``, ``http_status`` (int64) and
@@ -51,8 +53,10 @@ class ReadTable(Stage):
         required: tuple[str, ...] = (),
         rename: dict[str, str] | None = None,
         html_to_text: bool = True,
+        as_text: tuple[str, ...] = (),
     ):
         self.columns = dict(columns)
+        self.as_text = tuple(as_text)
         self.id_column = id_column
         self.required = tuple(required)
         self.rename = dict(rename or {})
@@ -66,6 +70,10 @@ class ReadTable(Stage):
         if unknown:
             raise PipelineError(f"ReadTable: required column {', '.join(map(repr, unknown))} is not one of its "
                               f"columns ({', '.join(map(repr, self.columns))})")
+        wrong = [name for name in self.as_text if not pa.types.is_string(self.columns.get(name, pa.null()))]
+        if wrong:
+            raise PipelineError(f"ReadTable: as_text column {', '.join(map(repr, wrong))} is not one of its "
+                                "pa.string() columns")
         self.adds = {"record_id": pa.string(), **{self.rename.get(n, n): t for n, t in self.columns.items()}}
         # A file's column may share a name with a split's (``format``, ``rows``, ``start``):
         # it replaces the split's, and is not dropped with the rest of them.
@@ -163,6 +171,8 @@ class ReadTable(Stage):
         values are CSV fields, parsed as ``kind`` first (``_parsed``)."""
         if text and not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
             values = _parsed(values, kind)
+        if name in self.as_text:
+            values = [_text_of(value) for value in values]
         if _fits(values, kind):
             return values
         out = []
@@ -420,6 +430,24 @@ def _rows_where(mask: pa.ChunkedArray) -> list[int]:
     if not pc.any(mask).as_py():
         return []
     return np.flatnonzero(mask.to_numpy(zero_copy_only=False)).tolist()
+
+
+def _text_of(value):
+    """A value of any type as text (``ReadTable(as_text=...)``): JSON's spelling for
+    booleans, lists and mappings, ``str`` for numbers, dates, timestamps and decimals; bytes
+    as UTF-8. Bytes that are not UTF-8 stay bytes, and the type check refuses them."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return value
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
 
 
 def _fits(values: list, kind: pa.DataType) -> bool:

@@ -139,14 +139,18 @@ def test_a_prompt_template_that_would_fail_on_every_row_is_refused_before_any_wo
     assert str(refused.value).startswith(f"prompt_template {template!r}: ") and message in str(refused.value)
 
 
-def test_a_prompt_template_of_column_fields_with_specs_and_literal_braces_is_taken():
+def test_a_prompt_template_of_column_fields_with_specs_and_literal_braces_is_taken(tmp_path):
+    from headrace.tables import Tables
     from pipelines.llm_generate import pipeline
 
-    built = pipeline(prompt_template="{{json}} {title!r:>12}: {text} ({title})")
-    render = built.stages[1]
-    assert render.fields == ("title", "text")
-    rows = render.process(pa.table({"title": ["Weir"], "text": ["water"]}))
-    assert rows.column("prompt").to_pylist() == ["{json}       'Weir': water (Weir)"]
+    built = pipeline(prompt_template="{{json}} {title!r:>12}: {text} ({stars} stars)")
+    read, render = built.stages[:2]
+    assert render.fields == ("title", "text", "stars")
+    # A number (or a flag, a list) in the file is shown as its text, not refused as a wrong type.
+    (tmp_path / "r.jsonl").write_text('{"title": "Weir", "text": "water", "stars": 4}\n')
+    rows = render.process(read.process(Tables(str(tmp_path)).list()))
+    assert rows.column("_row_error").to_pylist() == [None]
+    assert rows.column("prompt").to_pylist() == ["{json}       'Weir': water (4 stars)"]
 
 
 def test_a_bad_prompt_template_exits_2_in_one_line():

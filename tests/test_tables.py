@@ -225,6 +225,32 @@ def test_csv_fields_are_parsed_as_their_declared_types_and_json_floats_are_not_c
     assert out[2]["_row_error"].endswith("column 'n': 2.5 is not int64")
 
 
+def test_as_text_columns_take_a_value_of_any_type_as_its_text(tmp_path):
+    import datetime
+    import decimal
+
+    write(str(tmp_path), "t.jsonl", b'{"id": "a", "n": 5, "x": true}\n{"id": "b", "n": 2.5, "x": ["w", 1]}\n'
+                                    b'{"id": "c", "n": null, "x": {"k": "v"}}\n{"id": "d", "n": "", "x": "s"}\n')
+    out = ReadTable({"n": pa.string(), "x": pa.string()}, id_column="id", required=("n",),
+                    as_text=("n", "x")).process(Tables(str(tmp_path / "t.jsonl")).list()).to_pylist()
+    assert [(row["n"], row["x"]) for row in out] == [("5", "true"), ("2.5", '["w", 1]'), (None, '{"k": "v"}'), ("", "s")]
+    assert [row["_row_error"] and row["_row_error"].split(": ", 1)[1] for row in out] == [
+        None, None, "n is null", "n is empty"]
+    pq.write_table(pa.table({"n": pa.array([7, None], pa.int64()), "day": [datetime.date(2026, 11, 28)] * 2,
+                             "price": pa.array([decimal.Decimal("1.50")] * 2, pa.decimal128(5, 2)),
+                             "raw": [b"caf\xc3\xa9", b"\xff"]}), tmp_path / "t.parquet")
+    columns = {"n": pa.string(), "day": pa.string(), "price": pa.string(), "raw": pa.string()}
+    out = ReadTable(columns, as_text=tuple(columns)).process(Tables(str(tmp_path / "t.parquet")).list()).to_pylist()
+    assert [(r["n"], r["day"], r["price"], r["raw"]) for r in out] == [
+        ("7", "2026-11-28", "1.50", "caf\u00e9"), (None, "2026-11-28", "1.50", None)]
+    assert out[0]["_row_error"] is None and out[1]["_row_error"].endswith("column 'raw': b'\\xff' is not string")
+    # Without as_text a number in a string column is a wrong type, as before.
+    out = ReadTable({"n": pa.string()}).process(Tables(str(tmp_path / "t.jsonl")).list()).to_pylist()
+    assert out[0]["_row_error"].endswith("column 'n': 5 is not string")
+    with pytest.raises(headrace.PipelineError, match="as_text column 'n' is not one of its pa.string"):
+        ReadTable({"n": pa.int64()}, as_text=("n",))
+
+
 def test_a_csv_field_with_a_quoted_newline_is_quarantined_not_cut_short(tmp_path):
     """A row must be one line: a quote left open at the end of a line is the row's error
     (Python's lenient csv would return the field up to the newline as its value)."""
