@@ -52,7 +52,6 @@ def template_fields(template: str) -> tuple[str, ...]:
         parsed = [(field, spec) for _, field, spec, _ in string.Formatter().parse(template) if field is not None]
     except ValueError as exc:  # "expected '}' before end of string", "Single '}' encountered ..."
         refuse(f"{exc} (write {{{{ and }}}} for literal braces)")
-    named = [field for field, _ in parsed]
     for field, spec in parsed:
         if "{" in (spec or ""):
             refuse(f"{{{field}:{spec}}}: a field inside a format spec is not supported")
@@ -61,7 +60,7 @@ def template_fields(template: str) -> tuple[str, ...]:
         if "." in field or "[" in field:
             refuse(f"{{{field}}} is not a column name (attributes and indexes are not supported): "
                    f"name a column, e.g. {{text}}")
-    fields = tuple(dict.fromkeys(named))
+    fields = tuple(dict.fromkeys(field for field, _ in parsed))
     try:  # every field is read as a string: a spec or conversion a string refuses fails here, not per row
         template.format(**{field: "x" for field in fields})
     except (ValueError, KeyError, IndexError, TypeError) as exc:
