@@ -55,11 +55,24 @@ class RunLock:
             return
         raise RunInProgress(f"could not take the run lock {self.path}")
 
+    def refuse_if_held(self) -> None:
+        """Raise RunInProgress where a live run holds the lock; take nothing and write
+        nothing. A run asks this before it starts Ray, so that a second scheduler's run of
+        the date is turned away in a second instead of after a Ray start; ``acquire``
+        still decides between two runs that start together."""
+        self._stale()
+
     def _take_over_if_stale(self) -> None:
+        if self._stale():
+            self.storage.remove(self.path, missing_ok=True)
+
+    def _stale(self) -> bool:
+        """Whether there is a lock whose holder is gone; raises RunInProgress where its
+        holder is alive."""
         try:
             holder = json.loads(self.storage.read_bytes(self.path))
         except FileNotFoundError:
-            return  # released meanwhile: try again
+            return False  # none, or released meanwhile
         except ValueError:
             holder = {}  # half-written: a crash while taking it
         beat = float(holder.get("beat", 0.0))
@@ -73,7 +86,7 @@ class RunLock:
                 f"since {since}) is working on this date's output; wait for it, or remove {self.path} "
                 f"if you are sure it is gone"
             )
-        self.storage.remove(self.path, missing_ok=True)
+        return True
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):

@@ -91,6 +91,11 @@ def run(
     store = parse_bytes(engine.object_store_memory) if engine.object_store_memory is not None else None
     if master.kind == "cluster":
         use_ray_token_if_available()
+    sink, id_column = pipeline.sink, pipeline.keys[0]
+    # One run per date and output at a time; a killed run's lock is taken over at once.
+    storage = sink.storage()
+    lock = RunLock(storage, sink.staging(ds) + ".lock", run_id)
+    lock.refuse_if_held()  # a date another run is working on: turned away before Ray starts
     from headrace import ray_adapter  # imports Ray
 
     cluster = ray_adapter.connect(master, engine.num_cpus, engine.num_gpus, store, worker_env)
@@ -101,10 +106,7 @@ def run(
     ray_adapter.configure(engine.verbose, store)
     timings["start_s"] = time.perf_counter() - started - timings["list_s"]
 
-    sink, id_column = pipeline.sink, pipeline.keys[0]
-    # One run per date and output at a time; a killed run's lock is taken over at once.
-    storage = sink.storage()
-    with RunLock(storage, sink.staging(ds) + ".lock", run_id):
+    with lock:
         settings = _settings(config)
         area = staging.StagingArea(storage, sink.staging(ds), sink.compression)
         resumed = staging.prepare(

@@ -4,7 +4,9 @@ on every outcome, and an empty input committed on request. Each through the CLI.
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 
 import pyarrow.parquet as pq
 import pytest
@@ -143,9 +145,16 @@ def test_the_report_is_written_on_every_outcome(tmp_path, docs):
     busy = tmp_path / "out" / "_staging" / "ds=2026-11-04.lock"
     busy.parent.mkdir(parents=True, exist_ok=True)
     busy.write_text(json.dumps({"run_id": "another", "beat": 4102444800.0}))  # held by a live run
-    locked = cli("submit", WORD_COUNT, "--master", "local[1]", "--ds", "2026-11-04", "--conf", f"input={docs}",
-                 "--conf", f"output={tmp_path / 'out'}", "--conf", "headrace.progress=false", "--report", str(report))
-    assert locked.returncode == 1, locked.stderr[-2000:]
+    ray_tmp = tempfile.mkdtemp(prefix="hr-t", dir="/tmp")  # short: Ray's socket paths would live under it
+    try:
+        locked = cli("submit", WORD_COUNT, "--master", "local[1]", "--ds", "2026-11-04", "--conf", f"input={docs}",
+                     "--conf", f"output={tmp_path / 'out'}", "--conf", "headrace.progress=false", "--report", str(report),
+                     env={"RAY_TMPDIR": ray_tmp})
+        assert locked.returncode == 1, locked.stderr[-2000:]
+        assert "another run (another" in locked.stderr
+        assert os.listdir(ray_tmp) == []  # turned away before starting a Ray of its own
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     document = json.loads(report.read_text())
     assert (document["status"], document["exit_code"], document["ds"]) == ("failed", 1, "2026-11-04")
     assert document["reason"]

@@ -197,11 +197,17 @@ def test_a_lock_from_another_host_holds_until_its_heartbeat_stops(tmp_path):
     storage = ParquetSink(str(tmp_path)).storage()
     path = tmp_path / "_staging" / f"ds={DS}.lock"
     path.parent.mkdir()
+    RunLock(storage, str(path), "r-2").refuse_if_held()  # no lock: the check takes none and writes nothing
+    assert not path.exists()
     holder = {"host": "worker-7", "pid": 1, "run_id": "r-1", "since": time.time(), "beat": time.time()}
     path.write_text(json.dumps(holder))
-    with pytest.raises(RunInProgress, match=r"another run \(r-1, pid 1 on worker-7"):
-        RunLock(storage, str(path), "r-2", stale_s=60).acquire()
+    for attempt in ("refuse_if_held", "acquire"):  # the check before Ray starts, and the taking
+        with pytest.raises(RunInProgress, match=r"another run \(r-1, pid 1 on worker-7"):
+            getattr(RunLock(storage, str(path), "r-2", stale_s=60), attempt)()
+        assert json.loads(path.read_text()) == holder
     path.write_text(json.dumps({**holder, "beat": time.time() - 120}))  # no heartbeat for two minutes
+    RunLock(storage, str(path), "r-2", stale_s=60).refuse_if_held()  # stale: left for acquire to take over
+    assert json.loads(path.read_text())["run_id"] == "r-1"
     with RunLock(storage, str(path), "r-2", stale_s=60):
         assert json.loads(path.read_text())["run_id"] == "r-2"
     assert not path.exists()
