@@ -23,15 +23,17 @@ QUIET = EngineConf(progress=False)
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """One local Ray for the whole session: more CPU slots than cores, no GPUs."""
+def ray_cluster(s3_server, gcs_server):
+    """One local Ray for the whole session: more CPU slots than cores, no GPUs. The
+    storage emulators start first, so that its workers know where the buckets are: runs
+    in this process can read and write them too."""
     import ray
 
     # Stages defined in test modules must be importable by the workers too.
     tests = os.path.join(ROOT, "tests")
     ray.init(
         address="local", num_cpus=4, num_gpus=0, include_dashboard=False, log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([tests, ROOT])}},
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([tests, ROOT]), **s3_server, **gcs_server}},
     )
     yield ray
     ray.shutdown()

@@ -8,8 +8,9 @@ import pytest
 from deltalake import DeltaTable
 
 import headrace
-from conftest import HEADRACE, ROOT, bucket, write
-from test_resume import kill_when_staged, lines_corpus
+from headrace import loader
+from conftest import HEADRACE, QUIET, ROOT, bucket, write
+from test_resume import headrace_pipeline, kill_when_staged, lines_corpus
 
 WORD_COUNT = os.path.join(ROOT, "tests", "fixtures", "word_count.py")
 SLOW = os.path.join(ROOT, "tests", "fixtures", "slow_lines.py")
@@ -30,7 +31,7 @@ def words_by_date(frame: pl.DataFrame) -> dict:
 
 # On a local disk, replacing a date is also what the killed-run test below ends with.
 @pytest.mark.parametrize("where", ["s3"])
-def test_rerunning_a_date_leaves_one_version_of_its_partition(request, tmp_path, where):
+def test_rerunning_a_date_leaves_one_version_of_its_partition(request, ray_cluster, tmp_path, where):
     for index in range(4):
         write(str(tmp_path / "in"), f"doc-{index}.txt", ("word " * (index + 1)).encode())
     write(str(tmp_path / "in-b"), "doc-b.txt", b"one two")
@@ -41,9 +42,9 @@ def test_rerunning_a_date_leaves_one_version_of_its_partition(request, tmp_path,
     else:
         table, options = str(tmp_path / "words"), {}
 
+    job = loader.load(WORD_COUNT)
     for ds, source in (("2026-10-01", "in"), ("2026-10-02", "in-b"), ("2026-10-01", "in")):
-        result = submit(WORD_COUNT, ds, f"input={tmp_path / source}", f"output={table}")
-        assert result.returncode == 0, result.stderr[-3000:]
+        headrace.run(job.build(input=str(tmp_path / source), output=table, output_format="delta"), ds, QUIET)
 
     delta = DeltaTable(table, storage_options=options)
     assert delta.version() == 2 and delta.metadata().partition_columns == ["ds"]
@@ -54,12 +55,11 @@ def test_rerunning_a_date_leaves_one_version_of_its_partition(request, tmp_path,
     assert words_by_date(pl.from_arrow(headrace.read(table))) == expected
 
 
-def test_a_killed_run_leaves_the_table_at_its_previous_version_and_the_rerun_resumes(tmp_path):
+def test_a_killed_run_leaves_the_table_at_its_previous_version_and_the_rerun_resumes(ray_cluster, tmp_path):
     lines_corpus(str(tmp_path / "small"), 2, seed=1)
     lines_corpus(str(tmp_path / "large"), 30, seed=2)
     table = str(tmp_path / "lines")
-    first = submit(SLOW, "2026-10-03", f"input={tmp_path / 'small'}", f"output={table}")
-    assert first.returncode == 0, first.stderr[-3000:]
+    headrace.run(headrace_pipeline(str(tmp_path / "small"), table, output_format="delta"), "2026-10-03", QUIET)
     before = pl.read_delta(table).sort("source", "line_index")
 
     args = [*HEADRACE, "submit", SLOW, "--master", "local[2]", "--ds", "2026-10-03", "--conf", "headrace.progress=false",

@@ -11,9 +11,10 @@ import pytest
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 import headrace
-from conftest import HEADRACE, ROOT, bucket, good_corpus, write
+from headrace import loader
+from conftest import HEADRACE, QUIET, ROOT, bucket, good_corpus, write
 from fixtures.flaky_s3_proxy import FlakyS3Proxy
-from test_resume import kill_when_staged, lines_corpus
+from test_resume import headrace_pipeline, kill_when_staged, lines_corpus
 
 DS = "2026-10-10"
 DOC_EMBEDDINGS = os.path.join(ROOT, "pipelines", "doc_embeddings.py")
@@ -29,15 +30,17 @@ def submit(pipeline, *conf, ds=DS, timeout=300, env=None):
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def corpus(ray_cluster, tmp_path_factory):
     """Six documents and one that is not text, on disk, with the local run's committed rows."""
+    from pipelines.doc_embeddings import pipeline as doc_embeddings
+
     directory = tmp_path_factory.mktemp("store-corpus")
     good_corpus(str(directory / "docs"), count=6, seed=11)
     write(str(directory / "docs"), "broken/binary.md", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
     write(str(directory / "docs"), "broken/empty.txt", b"")  # S3 answers a ranged GET of it with 416
     # fp32 here and below: equal to 1e-5 whatever the batch compositions (bf16 is not).
-    result = submit(DOC_EMBEDDINGS, f"input={directory / 'docs'}", f"output={directory / 'out'}", "embed_precision=fp32")
-    assert result.returncode == 0, result.stderr[-3000:]
+    local = doc_embeddings(input=str(directory / "docs"), output=str(directory / "out"), embed_precision="fp32")
+    headrace.run(local, DS, QUIET)
     return directory, headrace.read(str(directory / "out"), ds=DS)
 
 
@@ -85,7 +88,7 @@ def test_doc_embeddings_from_bucket_to_bucket_equal_a_local_run(request, corpus,
         assert not fs.exists(f"hr-out-{protocol}/emb/_staging/ds={DS}")
 
 
-def test_on_s3_a_second_run_of_the_date_is_turned_away_and_a_killed_run_resumes(s3_server, tmp_path):
+def test_on_s3_a_second_run_of_the_date_is_turned_away_and_a_killed_run_resumes(s3_server, ray_cluster, tmp_path):
     fs = bucket("s3", "hr-lines-in")
     bucket("s3", "hr-lines-out")
     lines_corpus(str(tmp_path / "small"), 3, seed=1)
@@ -94,8 +97,7 @@ def test_on_s3_a_second_run_of_the_date_is_turned_away_and_a_killed_run_resumes(
         for name in os.listdir(tmp_path / folder):
             fs.pipe_file(f"hr-lines-in/{folder}/{name}", (tmp_path / folder / name).read_bytes())
     output = "s3://hr-lines-out/lines"
-    first = submit(SLOW, "input=s3://hr-lines-in/small", f"output={output}")
-    assert first.returncode == 0, first.stderr[-3000:]
+    headrace.run(headrace_pipeline("s3://hr-lines-in/small", output), DS, QUIET)
     before = headrace.read(output, ds=DS).to_pylist()
 
     conf = ("input=s3://hr-lines-in/large", f"output={output}", "delay=0.25")
@@ -124,8 +126,7 @@ def test_on_s3_a_second_run_of_the_date_is_turned_away_and_a_killed_run_resumes(
     resumed = submit(SLOW, *conf)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming ds=" in resumed.stderr
-    clean = submit(SLOW, f"input={tmp_path / 'large'}", f"output={tmp_path / 'clean'}")
-    assert clean.returncode == 0, clean.stderr[-3000:]
+    headrace.run(headrace_pipeline(str(tmp_path / "large"), str(tmp_path / "clean")), DS, QUIET)
 
     def rows(where):
         table = headrace.read(where, ds=DS)
@@ -139,18 +140,19 @@ def test_on_s3_a_second_run_of_the_date_is_turned_away_and_a_killed_run_resumes(
     assert {posixpath.basename(p) for p in fs.ls(f"hr-lines-out/lines/ds={DS}", detail=False)} == listed
 
 
-def test_throttling_and_resets_on_every_kind_of_request_are_retried(s3_server, tmp_path):
+def test_throttling_and_resets_on_every_kind_of_request_are_retried(s3_server, ray_cluster, tmp_path):
     fs = bucket("s3", "hr-flaky-in")
     for index in range(8):
-        fs.pipe_file(f"hr-flaky-in/docs/doc-{index}.txt", ("word " * (index + 1)).encode())
+        text = ("word " * (index + 1)).encode()
+        fs.pipe_file(f"hr-flaky-in/docs/doc-{index}.txt", text)
+        write(str(tmp_path / "docs"), f"doc-{index}.txt", text)  # the same files on disk, for the clean run
     fail = {"list": [2, 3], "get": [2, 5, 6], "put": [2, 4, 7], "copy": [1, 2], "delete": [1, 2]}
     with FlakyS3Proxy(s3_server["AWS_ENDPOINT_URL"], fail) as proxy:
         env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url, "RAY_USAGE_STATS_ENABLED": "0"}
         flaky = submit(WORD_COUNT, "input=s3://hr-flaky-in/docs", "output=s3://hr-flaky-in/out", env=env)
         counts, failed = dict(proxy.counts), dict(proxy.failed)
     assert flaky.returncode == 0, flaky.stderr[-3000:]
-    clean = submit(WORD_COUNT, "input=s3://hr-flaky-in/docs", f"output={tmp_path / 'clean'}")
-    assert clean.returncode == 0, clean.stderr[-3000:]
+    headrace.run(loader.load(WORD_COUNT).build(input=str(tmp_path / "docs"), output=str(tmp_path / "clean")), DS, QUIET)
 
     def rows(where):
         table = headrace.read(where, ds=DS)
