@@ -100,6 +100,8 @@ class Generate(Stage):
             raise ValueError(f"engine must be 'transformers' or 'vllm', got {engine!r}")
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
+        if not temperature >= 0:  # NaN too
+            raise ValueError(f"temperature must be 0 (greedy) or more, got {temperature}")
         self.model, self.max_new_tokens, self.temperature, self.seed = model, max_new_tokens, temperature, seed
         self.stop, self.max_batch_tokens, self.engine = tuple(stop), max_batch_tokens, engine
         self.precision = check_precision(precision)
@@ -171,16 +173,23 @@ class Generate(Stage):
         return [self._finish(tokens) for tokens in out[:, width:].cpu().tolist()]
 
     def _finish(self, tokens: list[int]) -> tuple[str, int, str]:
-        """The new tokens up to the end of sequence (or padding), the text up to a stop string."""
+        """The text up to the end of sequence or a stop string, the number of tokens the
+        model generated to get there, and why it ended.
+
+        Where a stop string ended the text, the count is that of the tokens up to the one
+        that completed it: a row stopped early is padded to the batch's length, and those
+        pad tokens are not generated text (they were counted, up to max_new_tokens)."""
         eos = self._tokenizer.eos_token_id
         reason = "length"
         if eos is not None and eos in tokens:
             tokens, reason = tokens[: tokens.index(eos)], "stop"
         text = self._tokenizer.decode(tokens, skip_special_tokens=True)
-        for stop in self.stop:
-            if stop in text:
-                text, reason = text[: text.index(stop)], "stop"
-        return text, len(tokens), reason
+        cut = min((text.index(stop) for stop in self.stop if stop in text), default=None)
+        if cut is None:
+            return text, len(tokens), reason
+        count = next(k for k in range(1, len(tokens) + 1)
+                     if any(stop in self._tokenizer.decode(tokens[:k], skip_special_tokens=True) for stop in self.stop))
+        return text[:cut], count, "stop"
 
 
 def _vllm_engine(model: str, device: str, seed: int, precision: str):

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import headrace
-from conftest import QUIET
+from conftest import QUIET, ROOT
 
 DS = "2026-11-28"
 WORDS = ["river", "weir", "sluice", "gate", "flow", "mill", "race", "head", "water", "wheel", "stone", "bank"]
@@ -156,9 +156,83 @@ def test_a_prompt_template_of_column_fields_with_specs_and_literal_braces_is_tak
 def test_a_bad_prompt_template_exits_2_in_one_line():
     import subprocess
 
-    from conftest import HEADRACE, ROOT
+    from conftest import HEADRACE
 
     result = subprocess.run([*HEADRACE, "submit", "pipelines/llm_generate.py", "--master", "127.0.0.1:1",
                              "--conf", "prompt_template=Say {0}"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "prompt_template 'Say {0}': {0} is positional" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def bpe_lm(tmp_path_factory):
+    """A 2-layer Llama with a byte-level BPE tokenizer trained here on the word list: the
+    kind of tokenizer transformers' stop-string matching works with (the word-level one of
+    tiny_lm is refused by it)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    rng = random.Random(1)
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer, core.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<pad>", "</s>"])
+    core.train_from_iterator([" ".join(rng.choice(WORDS) for _ in range(12)) + "." for _ in range(500)], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>")
+    folder = str(tmp_path_factory.mktemp("bpe-lm"))
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=CONTEXT,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).eval().save_pretrained(folder)
+    return folder, tokenizer
+
+
+def test_a_stop_string_ends_the_text_and_only_the_tokens_up_to_it_are_counted(bpe_lm):
+    """A row a stop string ended early is padded to its batch's length while the others
+    go on; those pad tokens were counted as generated (up to max_new_tokens)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from headrace.stage import StageContext
+    from stages.generate import Generate
+
+    folder, tokenizer = bpe_lm
+    rng = random.Random(2)
+    prompts = [tokenizer("Say " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 10))))["input_ids"]
+               for _ in range(12)]
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    plain = []  # what a plain greedy loop generates for each prompt, up to the end of sequence
+    for prompt in prompts:
+        with torch.inference_mode():
+            tokens = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                    max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
+        plain.append(tokens[: tokens.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in tokens else tokens)
+    texts = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in plain]
+    stop = next(text[3:6] for text in texts if len(text) >= 12 and text[3:6].strip() == text[3:6])
+
+    stage = Generate(folder, max_new_tokens=16, stop=("@@never@@", stop))
+    stage.setup(StageContext())
+    rows = stage.process(pa.table({"prompt_ids": prompts})).to_pylist()
+    stopped = 0
+    for row, tokens, text in zip(rows, plain, texts):
+        if stop in text:
+            stopped += 1
+            # The first `count` tokens hold the stop string; one fewer does not.
+            count = row["generated_tokens"]
+            assert stop in tokenizer.decode(tokens[:count]) and stop not in tokenizer.decode(tokens[:count - 1])
+            assert (row["generated"], row["finish_reason"]) == (text[: text.index(stop)], "stop")
+        else:
+            assert (row["generated"], row["generated_tokens"]) == (text, len(tokens))
+            assert row["finish_reason"] == ("stop" if len(tokens) < 16 else "length")
+    assert stopped >= 1 and any(row["generated_tokens"] == 16 for row in rows)  # others went on: the stopped were padded
+
+
+@pytest.mark.parametrize("temperature", [-0.5, float("nan")])
+def test_a_negative_temperature_is_a_configuration_error(temperature):
+    from headrace import loader
+
+    job = loader.load(os.path.join(ROOT, "pipelines", "llm_generate.py"))
+    with pytest.raises(headrace.ConfigError, match=r"temperature must be 0 \(greedy\) or more, got"):
+        job.build(temperature=temperature)
