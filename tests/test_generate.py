@@ -236,3 +236,31 @@ def test_a_negative_temperature_is_a_configuration_error(temperature):
     job = loader.load(os.path.join(ROOT, "pipelines", "llm_generate.py"))
     with pytest.raises(headrace.ConfigError, match=r"temperature must be 0 \(greedy\) or more, got"):
         job.build(temperature=temperature)
+
+
+def test_a_sampled_generation_depends_on_the_prompt_and_the_seed_not_on_the_prompts_beside_it(tiny_lm, prompts_table):
+    """With one generator per call, a prompt's sample changed with the prompts it shared a
+    call with: a resumed run, or a run whose blocks went to the actors otherwise, sampled
+    other text for the same prompt and seed."""
+    from transformers import AutoTokenizer
+
+    from headrace.stage import StageContext
+    from stages.generate import Generate
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
+    prompts = [tokenizer("Say " + text)["input_ids"] for text in prompts_table[1][:12]]
+
+    def generated(stage, batch):
+        return [r["generated"] for r in stage.process(pa.table({"prompt_ids": batch})).to_pylist()]
+
+    def stage(**settings):
+        made = Generate(tiny_lm, max_new_tokens=8, **settings)
+        made.setup(StageContext())
+        return made
+
+    sampled = stage(temperature=1.0, seed=7)
+    together = generated(sampled, prompts)
+    assert together == [generated(sampled, [prompt])[0] for prompt in prompts]  # each alone
+    assert together == generated(sampled, prompts[::-1])[::-1]  # other neighbours, other groups
+    assert together != generated(stage(temperature=1.0, seed=8), prompts)  # the seed matters
+    assert together != generated(stage(), prompts)  # and it is not greedy
