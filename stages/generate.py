@@ -32,7 +32,9 @@ def load_causal_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
+@functools.lru_cache(maxsize=4)
 def context_length(path: str) -> int:
+    """The model's context in tokens, read from its config once per worker process."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(path)
