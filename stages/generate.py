@@ -104,6 +104,8 @@ class Generate(Stage):
             raise ValueError("max_new_tokens must be at least 1")
         if not temperature >= 0:  # NaN too
             raise ValueError(f"temperature must be 0 (greedy) or more, got {temperature}")
+        if any(not s for s in stop):
+            raise ValueError("a stop string is empty")
         self.model, self.max_new_tokens, self.temperature, self.seed = model, max_new_tokens, temperature, seed
         self.stop, self.max_batch_tokens, self.engine = tuple(stop), max_batch_tokens, engine
         self.precision = check_precision(precision)
@@ -187,9 +189,14 @@ class Generate(Stage):
         cut = min((text.index(stop) for stop in self.stop if stop in text), default=None)
         if cut is None:
             return text, len(tokens), reason
-        count = next(k for k in range(1, len(tokens) + 1)
-                     if any(stop in self._tokenizer.decode(tokens[:k], skip_special_tokens=True) for stop in self.stop))
-        return text[:cut], count, "stop"
+        # The fewest tokens whose text holds a stop string: a search over prefix lengths
+        # (all tokens hold one, none do not), a few decodes however long the generation.
+        fewer, enough = 0, len(tokens)
+        while enough - fewer > 1:
+            middle = (fewer + enough) // 2
+            prefix = self._tokenizer.decode(tokens[:middle], skip_special_tokens=True)
+            fewer, enough = (fewer, middle) if any(stop in prefix for stop in self.stop) else (middle, enough)
+        return text[:cut], enough, "stop"
 
 
 def _seeded_sampler(temperature: float, seed: int, rows: int, device: str):

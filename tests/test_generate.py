@@ -233,6 +233,8 @@ def test_a_stop_string_ends_the_text_and_only_the_tokens_up_to_it_are_counted(bp
             assert (row["generated"], row["generated_tokens"]) == (text, len(tokens))
             assert row["finish_reason"] == ("stop" if len(tokens) < 16 else "length")
     assert stopped >= 1 and any(row["generated_tokens"] == 16 for row in rows)  # others went on: the stopped were padded
+    with pytest.raises(ValueError, match="a stop string is empty"):  # it would end every text at once
+        Generate(folder, stop=("END", ""))
 
 
 @pytest.mark.parametrize("temperature", [-0.5, float("nan")])
