@@ -21,9 +21,8 @@ CONTEXT = 64
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
     """A 2-layer Llama with a word-level tokenizer, saved as a model folder."""
-    import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     folder = str(tmp_path_factory.mktemp("tiny-lm"))
     vocab = {token: i for i, token in enumerate(["<pad>", "<unk>", "<s>", "</s>", *WORDS, "Say", "."])}
@@ -31,14 +30,23 @@ def tiny_lm(tmp_path_factory):
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
                                         bos_token="<s>", eos_token="</s>")
+    save_llama(folder, tokenizer)
+    return folder
+
+
+def save_llama(folder, tokenizer):
+    """``tokenizer`` and a 2-layer Llama of random weights for its vocabulary, saved to ``folder``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
-    # Heads of 64 dimensions: the smallest vLLM's CPU attention takes (the vLLM test runs on the same model).
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+    # Heads of 64 dimensions: the smallest vLLM's CPU attention takes (the vLLM tests run on these models).
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=CONTEXT,
-                         pad_token_id=0, bos_token_id=2, eos_token_id=3)
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
     LlamaForCausalLM(config).eval().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -53,23 +61,42 @@ def prompts_table(tmp_path_factory):
     return folder, texts
 
 
-def plain_loop(model_folder, prompts, max_new_tokens):
-    """What a user would write: one prompt at a time, greedy."""
+def plain_tokens(model_folder, prompts_ids, max_new_tokens):
+    """What a user would write: one prompt at a time, greedy; each prompt's new tokens up
+    to the end of sequence."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_folder)
     model = AutoModelForCausalLM.from_pretrained(model_folder).eval()
-    out = {}
-    for key, prompt in prompts.items():
-        ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    out = []
+    for prompt in prompts_ids:
+        ids = torch.tensor([prompt])
         with torch.inference_mode():
             tokens = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                    do_sample=False, pad_token_id=0)[0, ids.shape[1]:].tolist()
-        if 3 in tokens:
-            tokens = tokens[: tokens.index(3)]
-        out[key] = tokenizer.decode(tokens, skip_special_tokens=True)
+                                    do_sample=False, pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
+        eos = tokenizer.eos_token_id
+        out.append(tokens[: tokens.index(eos)] if eos in tokens else tokens)
     return out
+
+
+def plain_loop(model_folder, prompts, max_new_tokens):
+    """The plain loop's text for each prompt (a mapping of key to prompt text)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_folder)
+    tokens = plain_tokens(model_folder, [tokenizer(p)["input_ids"] for p in prompts.values()], max_new_tokens)
+    return {key: tokenizer.decode(t, skip_special_tokens=True) for key, t in zip(prompts, tokens)}
+
+
+def in_process(model_folder, **settings):
+    """The Generate stage, set up in this process (no Ray)."""
+    from headrace.stage import StageContext
+    from stages.generate import Generate
+
+    stage = Generate(model_folder, **settings)
+    stage.setup(StageContext())
+    return stage
 
 
 def run(tiny_lm, folder, output, **settings):
@@ -169,9 +196,8 @@ def bpe_lm(tmp_path_factory):
     """A 2-layer Llama with a byte-level BPE tokenizer trained here on the word list: the
     kind of tokenizer transformers' stop-string matching works with (the word-level one of
     tiny_lm is refused by it)."""
-    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     rng = random.Random(1)
     core = Tokenizer(models.BPE())
@@ -180,12 +206,7 @@ def bpe_lm(tmp_path_factory):
     core.train_from_iterator([" ".join(rng.choice(WORDS) for _ in range(12)) + "." for _ in range(500)], trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>")
     folder = str(tmp_path_factory.mktemp("bpe-lm"))
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=CONTEXT,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    LlamaForCausalLM(config).eval().save_pretrained(folder)
+    save_llama(folder, tokenizer)
     return folder, tokenizer
 
 
@@ -196,28 +217,17 @@ def test_a_stop_string_ends_the_text_and_only_the_tokens_up_to_it_are_counted(bp
     at the stop string itself; both engines give the same rows."""
     if engine == "vllm":
         pytest.importorskip("vllm", reason="vLLM is not installed: make test-vllm runs this test")
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from headrace.stage import StageContext
     from stages.generate import Generate
 
     folder, tokenizer = bpe_lm
     rng = random.Random(2)
     prompts = [tokenizer("Say " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 10))))["input_ids"]
                for _ in range(12)]
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    plain = []  # what a plain greedy loop generates for each prompt, up to the end of sequence
-    for prompt in prompts:
-        with torch.inference_mode():
-            tokens = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                    max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
-        plain.append(tokens[: tokens.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in tokens else tokens)
+    plain = plain_tokens(folder, prompts, 16)
     texts = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in plain]
     stop = next(text[3:6] for text in texts if len(text) >= 12 and text[3:6].strip() == text[3:6])
 
-    stage = Generate(folder, max_new_tokens=16, stop=("@@never@@", stop), engine=engine)
-    stage.setup(StageContext())
+    stage = in_process(folder, max_new_tokens=16, stop=("@@never@@", stop), engine=engine)
     rows = stage.process(pa.table({"prompt_ids": prompts})).to_pylist()
     if engine == "vllm":  # its engine process stopped now, not at interpreter exit (it logs to closed streams there)
         stage._vllm.llm_engine.engine_core.shutdown()
@@ -252,23 +262,15 @@ def test_a_sampled_generation_depends_on_the_prompt_and_the_seed_not_on_the_prom
     other text for the same prompt and seed."""
     from transformers import AutoTokenizer
 
-    from headrace.stage import StageContext
-    from stages.generate import Generate
-
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
     prompts = [tokenizer("Say " + text)["input_ids"] for text in prompts_table[1][:12]]
 
     def generated(stage, batch):
         return [r["generated"] for r in stage.process(pa.table({"prompt_ids": batch})).to_pylist()]
 
-    def stage(**settings):
-        made = Generate(tiny_lm, max_new_tokens=8, **settings)
-        made.setup(StageContext())
-        return made
-
-    sampled = stage(temperature=1.0, seed=7)
+    sampled = in_process(tiny_lm, max_new_tokens=8, temperature=1.0, seed=7)
     together = generated(sampled, prompts)
     assert together == [generated(sampled, [prompt])[0] for prompt in prompts]  # each alone
     assert together == generated(sampled, prompts[::-1])[::-1]  # other neighbours, other groups
-    assert together != generated(stage(temperature=1.0, seed=8), prompts)  # the seed matters
-    assert together != generated(stage(), prompts)  # and it is not greedy
+    assert together != generated(in_process(tiny_lm, max_new_tokens=8, temperature=1.0, seed=8), prompts)  # the seed matters
+    assert together != generated(in_process(tiny_lm, max_new_tokens=8), prompts)  # and it is not greedy
