@@ -40,7 +40,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import psutil  # noqa: E402
 
-from headrace.source import Files, stable_id  # noqa: E402
+from headrace.source import Files, Listing, stable_id  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,10 @@ class SyntheticFiles(Files):
 
     count: int = 0
 
-    def list_with_sizes(self) -> tuple[pa.Table, pa.Array]:
+    def listing(self) -> Listing:
         uris = [f"{self.url}/doc-{i:08d}.txt" for i in range(self.count)]
         table = pa.table({self.id_column: [stable_id(u) for u in uris], "source": uris}, schema=self.schema)
-        return table, pa.nulls(self.count, pa.int64())
+        return Listing(table, pa.nulls(self.count, pa.int64()))
 
 
 def uri_length(table: pa.Table) -> pa.Table:

@@ -177,14 +177,16 @@ def _dry_run(built, run_conf, report, known):
         ray_adapter.check_master(master.address)
     from headrace.runner import list_inputs
 
-    inputs, _ = list_inputs(built, run_conf.engine)
+    listed = list_inputs(built, run_conf.engine)  # its warnings are logged
     click.echo(built.explain())
+    ignored = f", {listed.ignored['files']:,} ignored (see the warning)" if listed.ignored else ""
     click.echo(f"dry run: ds={run_conf.ds}, master {run_conf.engine.master} answers, "
-               f"{inputs.num_rows:,} input files; nothing was executed")
+               f"{listed.records.num_rows:,} input files{ignored}; nothing was executed")
     if report:
         from headrace.report import write_report
 
-        write_report(report, {**known, "status": "dry_run", "exit_code": 0, "inputs": inputs.num_rows})
+        write_report(report, {**known, "status": "dry_run", "exit_code": 0, "inputs": listed.records.num_rows,
+                              "ignored_inputs": listed.ignored, "warnings": listed.warnings})
 
 
 def _submit_job(pipeline, master, no_wait, conf_pairs, properties_file, ds, flags, dry_run, report, pipeline_args):
@@ -301,8 +303,9 @@ def _backfill_one(factory, run_conf, built, skip_committed, dry_run) -> dict:
         if skip_committed and committed_as_configured(built, run_conf.ds, run_conf.as_dict(), _code_files(factory)):
             row.update(status="skipped (committed, same configuration)", exit=0)
         elif dry_run:
-            inputs, _ = list_inputs(built, run_conf.engine)
-            row.update(status=f"would run: {inputs.num_rows:,} input files", exit=0)
+            listed = list_inputs(built, run_conf.engine)
+            ignored = f" ({listed.ignored['files']:,} ignored)" if listed.ignored else ""
+            row.update(status=f"would run: {listed.records.num_rows:,} input files{ignored}", exit=0)
         else:
             manifest = run(built, run_conf.ds, run_conf.engine, run_conf.as_dict(), _code_files(factory)).manifest
             click.echo(summary(manifest, time.perf_counter() - started))

@@ -24,6 +24,7 @@ def build_manifest(
     nodes: list[dict],
     timeline: list[dict],
     input_sizes: dict | None,
+    ignored_inputs: dict | None,
     quarantine_causes: list[dict],
     timings: dict[str, float],
     resumed,
@@ -66,6 +67,7 @@ def build_manifest(
         "nodes": nodes,
         "timeline": timeline,
         "input_sizes": input_sizes,
+        "ignored_inputs": ignored_inputs,  # files the input matched of a type the source does not read
         "quarantine_causes": quarantine_causes,
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "resume": {

@@ -22,6 +22,9 @@ def summary(manifest: dict[str, Any], total_s: float) -> str:
         f"  {unit + ' in':<13}{files:,}  ({counts['input_with_output']:,} with output, "
         f"{counts['input_quarantined_only']:,} only in quarantine"
         + (f", {counts['input_empty']:,} held no records" if counts.get("input_empty") else "") + ")",
+        *([f"  ignored      {ignored['files']:,} file(s) of a type it does not read ("
+           + ", ".join(f"{ext} {n:,}" for ext, n in ignored["by_extension"].items()) + ")"]
+          if (ignored := manifest.get("ignored_inputs")) else []),
         f"  rows out     {rows:,}",
         f"  quarantined  {counts['quarantined']:,} rows" + (f"  -> {manifest['quarantine']}" if counts["quarantined"] else ""),
         f"  time         {total_s:.1f} s  ({files / seconds:.1f} {unit}/s, {rows / seconds:.1f} rows/s)",

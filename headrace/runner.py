@@ -82,8 +82,8 @@ def run(
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
     worker_env = _storage_environment(engine.storage_options)
-    inputs, warning, input_sizes, sizes = list_inputs_with_sizes(pipeline, engine)
-    warnings = [warning] if warning else []
+    listed = list_inputs(pipeline, engine)
+    inputs, sizes, warnings = listed.records, listed.sizes, list(listed.warnings)
     timings["list_s"] = time.perf_counter() - started
 
     run_id = new_run_id()
@@ -152,7 +152,8 @@ def run(
         timings["total_s"] = time.perf_counter() - started
         manifest = build_manifest(
             pipeline=pipeline, engine=engine, run_id=run_id, ds=ds, started_at=started_at, config=recordable_config(config),
-            placements=placements, cluster=cluster, utilisation=utilisation, nodes=nodes, timeline=timeline, input_sizes=input_sizes,
+            placements=placements, cluster=cluster, utilisation=utilisation, nodes=nodes, timeline=timeline, input_sizes=listed.histogram,
+            ignored_inputs=listed.ignored,
             quarantine_causes=commit.quarantine_causes(parts), timings=timings, resumed=resumed,
             processed=todo.num_rows, gate=gate, counts=counts, files=files.files,
             quarantine_files=files.quarantine_files, warnings=warnings,
@@ -181,28 +182,34 @@ def committed_as_configured(
     return committed == fingerprint(pipeline, _settings(config), code_files)["hash"]
 
 
-def list_inputs(pipeline: Pipeline, engine: EngineConf) -> tuple[pa.Table, str | None]:
-    """The input records, and a warning where there are none and that is allowed."""
-    return list_inputs_with_sizes(pipeline, engine)[:2]
+@dataclass
+class Inputs:
+    """A run's listed input: its records (largest first where their sizes are known), the
+    warnings of the listing, the histogram of input sizes and each input's size (null
+    where unknown) where the source knows them, and what was ignored."""
+
+    records: pa.Table
+    warnings: list[str]
+    histogram: dict | None = None
+    sizes: pa.Array | None = None
+    ignored: dict | None = None  # the files the input matched that the source does not read
 
 
-def list_inputs_with_sizes(
-    pipeline: Pipeline, engine: EngineConf,
-) -> tuple[pa.Table, str | None, dict | None, pa.Array | None]:
-    """As list_inputs, with the histogram of input sizes and each input's size (null where
-    unknown), where the source knows them.
+def list_inputs(pipeline: Pipeline, engine: EngineConf) -> Inputs:
+    """The input records, with a warning where there are none and that is allowed, and
+    one where the input matched files of a type the source does not read (a `.pdf` among
+    documents, a `.jsonl.zst` among table files): those are named, never passed over in
+    silence.
 
-    Where it does, the inputs come largest first: the run ends on its smallest inputs, so
-    that the last batches, which some actors finish while the others already idle, are
-    short (with 2 model actors on 542 pages of the Rust books, the second actor idled for
-    the last 10 s of an 87 s run in listing order)."""
+    Where the source knows the inputs' sizes, they come largest first: the run ends on
+    its smallest inputs, so that the last batches, which some actors finish while the
+    others already idle, are short (with 2 model actors on 542 pages of the Rust books,
+    the second actor idled for the last 10 s of an 87 s run in listing order)."""
     source = pipeline.source
     try:
-        if hasattr(source, "list_with_sizes"):
-            inputs, sizes = source.list_with_sizes()
-            inputs, ordered = largest_first(inputs, sizes)
-            return inputs, None, size_histogram(sizes), ordered
-        return source.list(), None, None, None
+        if not hasattr(source, "listing"):
+            return Inputs(source.list(), [])
+        listing = source.listing()
     except NoInputs as exc:
         if not engine.allow_empty_input:
             raise NoInputs(
@@ -210,7 +217,35 @@ def list_inputs_with_sizes(
             ) from None
         warning = f"{exc}: an empty partition is committed ({ENGINE_PREFIX}allow_empty_input)"
         log.warning(warning)
-        return pipeline.source.schema.empty_table(), warning, None, None
+        return Inputs(pipeline.source.schema.empty_table(), [warning])
+    records, sizes = largest_first(listing.records, listing.sizes)
+    inputs = Inputs(records, [], size_histogram(listing.sizes), sizes)
+    if listing.ignored:
+        inputs.ignored = ignored_summary(listing.ignored)
+        inputs.warnings.append(ignored_warning(source, inputs.ignored))
+        log.warning(inputs.warnings[-1])
+    return inputs
+
+
+def ignored_summary(ignored: tuple[str, ...], examples: int = 5) -> dict:
+    """How many files were ignored, by extension (the last one: `.zst` of `a.jsonl.zst`),
+    and the first few of them."""
+    by_extension: dict[str, int] = {}
+    for uri in ignored:
+        name = uri.rsplit("/", 1)[-1]
+        extension = "." + name.rsplit(".", 1)[1].lower() if "." in name.lstrip(".") else "(none)"
+        by_extension[extension] = by_extension.get(extension, 0) + 1
+    return {"files": len(ignored), "by_extension": dict(sorted(by_extension.items())),
+            "examples": list(ignored[:examples])}
+
+
+def ignored_warning(source, ignored: dict) -> str:
+    kinds = ", ".join(f"{extension} {count:,}" for extension, count in ignored["by_extension"].items())
+    reads = getattr(source, "extensions", None)
+    what = f" (it reads {', '.join(reads)})" if reads else ""
+    more = ", ..." if ignored["files"] > len(ignored["examples"]) else ""
+    return (f"input {source.url}: {ignored['files']:,} file(s) of a type this pipeline does not read were "
+            f"ignored{what}: {kinds}; {', '.join(ignored['examples'])}{more}")
 
 
 def largest_first(inputs: pa.Table, sizes: pa.Array) -> tuple[pa.Table, pa.Array | None]:

@@ -17,6 +17,17 @@ from headrace.storage import absolute_url, is_local
 GLOB_CHARS = "*?["
 
 
+@dataclass(frozen=True)
+class Listing:
+    """What a source's listing found: its input records, each one's size in bytes (null
+    where the store said none), and the files the URL matched that the source does not
+    read (of another type), which a run reports rather than passing over in silence."""
+
+    records: pa.Table
+    sizes: pa.Array
+    ignored: tuple[str, ...] = ()
+
+
 def stable_id(uri: str) -> str:
     """A short id that stays the same for the same source URI across runs."""
     return hashlib.sha256(uri.encode()).hexdigest()[:16]
@@ -53,10 +64,10 @@ class Files:
 
     def list(self) -> pa.Table:
         """The input records, in a stable order. Raises ConfigError when nothing matches."""
-        return self.list_with_sizes()[0]
+        return self.listing().records
 
-    def list_with_sizes(self) -> tuple[pa.Table, pa.Array]:
-        """The input records, and each file's size in bytes (null where the store said none)."""
+    def listing(self) -> Listing:
+        """The input records, each file's size, and the files of other types the URL matched."""
         try:
             fs, path = fsspec.core.url_to_fs(self.url)
         except (ImportError, ValueError) as exc:
@@ -70,9 +81,9 @@ class Files:
             ignored = f" ({len(candidates)} other files ignored)" if candidates else ""
             raise NoInputs(f"input {self.given!r} matched no {wanted}files{ignored}")
         uris = [fs.unstrip_protocol(p) for p in matched]
-        return pa.table(
-            {self.id_column: [stable_id(u) for u in uris], "source": uris}, schema=self.schema
-        ), sizes
+        records = pa.table({self.id_column: [stable_id(u) for u in uris], "source": uris}, schema=self.schema)
+        ignored = tuple(fs.unstrip_protocol(p) for p in sorted(set(candidates) - set(matched)))
+        return Listing(records, sizes, ignored)
 
     def _candidates(self, fs, path: str) -> dict[str, int | None]:
         # fsspec's walk skips a directory whose listing fails unless told to raise: that

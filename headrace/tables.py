@@ -32,7 +32,7 @@ import fsspec
 import pyarrow as pa
 
 from headrace.errors import ConfigError
-from headrace.source import Files, stable_id
+from headrace.source import Files, Listing, stable_id
 from headrace.storage import absolute_url
 
 FORMATS = {
@@ -100,6 +100,11 @@ class Tables:
         return ("split_id", "source")
 
     @property
+    def extensions(self) -> tuple[str, ...]:
+        """The file names it reads; the input's other files are ignored, and a run says so."""
+        return tuple(FORMATS)
+
+    @property
     def block_bytes(self) -> int:
         """Splits smaller than this are packed into one task up to this many bytes (a
         task costs more than a small row group or file takes to read); larger ones are a
@@ -111,12 +116,13 @@ class Tables:
         return SPLIT_SCHEMA
 
     def list(self) -> pa.Table:
-        return self.list_with_sizes()[0]
+        return self.listing().records
 
-    def list_with_sizes(self) -> tuple[pa.Table, pa.Array]:
+    def listing(self) -> Listing:
         """Every split, in a stable order, and its size in bytes (a row group's uncompressed
-        size; a text split's byte range)."""
-        files, sizes = Files(self.url, extensions=tuple(FORMATS)).list_with_sizes()
+        size; a text split's byte range); and the files of no table format the URL matched."""
+        files = Files(self.url, extensions=tuple(FORMATS)).listing()
+        files, sizes, ignored = files.records, files.sizes, files.ignored
         rows, split_sizes = [], []
         fs, _ = fsspec.core.url_to_fs(self.url)
         listed = [(uri, size, *file_format(uri)) for uri, size in
@@ -143,8 +149,8 @@ class Tables:
         table = {name: pa.array(values, SPLIT_SCHEMA.field(name).type) for name, values in zip(names, columns)}
         ids = [stable_id(f"{uri}#{group}:{start}") for uri, group, start in
                zip(table["source"].to_pylist(), table["row_group"].to_pylist(), table["start"].to_pylist())]
-        return pa.table({"split_id": pa.array(ids, pa.string()), **table}, schema=SPLIT_SCHEMA), pa.array(
-            split_sizes, pa.int64())
+        return Listing(pa.table({"split_id": pa.array(ids, pa.string()), **table}, schema=SPLIT_SCHEMA),
+                       pa.array(split_sizes, pa.int64()), ignored)
 
     def describe(self) -> str:
         return f"table files {self.url} (Parquet by row group, JSON Lines / CSV / WARC by {self.split_bytes:,}-byte range)"

@@ -76,6 +76,29 @@ def test_explain_and_dry_run(small_corpus):
     assert "dry run: ds=" in dry.stdout and "6 input files" in dry.stdout
 
 
+def test_files_of_a_type_the_pipeline_does_not_read_are_named_not_passed_over(tmp_path):
+    """A folder of documents with a PDF and a spreadsheet among them: the doc job reads the
+    documents and says which files it ignored, on the console and in the report (before
+    this, they left no trace)."""
+    folder = tmp_path / "in"
+    good_corpus(str(folder), count=2, seed=6)
+    (folder / "scan.pdf").write_bytes(b"%PDF-1.7 not text")
+    (folder / "sheets").mkdir()
+    (folder / "sheets" / "Budget.XLSX").write_bytes(b"PK")
+    (folder / "_SUCCESS").write_text("")  # hidden by convention, like Spark's: not reported
+    report = tmp_path / "report.json"
+    dry = headrace_cli("submit", PIPELINE, "--master", "local[1]", "--dry-run", "--conf", f"input={folder}",
+                       "--report", str(report))
+    assert dry.returncode == 0, dry.stderr
+    assert "2 input files, 2 ignored" in dry.stdout, dry.stdout
+    warning = next(line for line in dry.stderr.splitlines() if "ignored" in line)
+    assert "2 file(s) of a type this pipeline does not read" in warning and ".pdf 1, .xlsx 1" in warning
+    assert f"file://{folder}/scan.pdf" in warning and f"file://{folder}/sheets/Budget.XLSX" in warning
+    ignored = json.loads(report.read_text())["ignored_inputs"]
+    assert ignored == {"files": 2, "by_extension": {".pdf": 1, ".xlsx": 1},
+                       "examples": [f"file://{folder}/scan.pdf", f"file://{folder}/sheets/Budget.XLSX"]}
+
+
 def test_submit_runs_commits_and_reports(small_corpus, tmp_path):
     inputs = small_corpus.replace("2026-11-20", "{ds}")
     report = tmp_path / "report.json"

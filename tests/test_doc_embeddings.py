@@ -152,7 +152,7 @@ def test_a_small_run_is_cut_into_many_model_calls_largest_inputs_first(ray_clust
     directory = str(tmp_path / "in")
     good_corpus(directory, count=40, seed=5, long_every=1000)  # one long document
     pipeline = doc_embeddings(input=directory, output=str(tmp_path / "out"))
-    inputs, _ = list_inputs(pipeline, QUIET)
+    inputs = list_inputs(pipeline, QUIET).records
     sizes = [os.path.getsize(uri.removeprefix("file://")) for uri in inputs.column("source").to_pylist()]
     assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1]
     result = headrace.run(pipeline, DS, QUIET)

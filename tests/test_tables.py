@@ -18,6 +18,7 @@ from conftest import QUIET, bucket, write
 from headrace import Pipeline, Stage, output_sink
 from headrace.tables import Tables
 from headrace.envelope import NO_RECORDS
+from headrace.report import summary
 from stages.tables import ReadTable, _lines
 
 DS = "2026-11-28"
@@ -72,6 +73,8 @@ def tables(tmp_path_factory):
     write(str(folder), "long.jsonl", long.encode())
     assert 2048 < long.index("short") < 3072
     expected |= {"long", "short"}
+    # A compression no reader takes: ignored, and the run says so (rows would otherwise go unread unsaid).
+    write(str(folder), "archive.jsonl.zst", b"(\xb5/\xfd not read")
     return folder, expected, bad
 
 
@@ -126,6 +129,10 @@ def test_rows_of_parquet_jsonl_csv_and_gzip_each_once_bad_ones_quarantined_with_
     assert result.manifest["counts"]["input"] == 4 + 1 + 1 + jsonl_splits + 3
     assert jsonl_splits >= 3
     assert result.manifest["counts"]["input_empty"] == 1
+    ignored = f"file://{folder}/archive.jsonl.zst"
+    assert result.manifest["ignored_inputs"] == {"files": 1, "by_extension": {".zst": 1}, "examples": [ignored]}
+    assert any(ignored in warning for warning in result.manifest["warnings"])
+    assert "ignored      1 file(s) of a type it does not read (.zst 1)" in summary(result.manifest, 1.0)
 
 
 def test_parquet_rows_the_same_whatever_the_file_stores_them_as(tmp_path):
@@ -199,10 +206,10 @@ def test_a_parquet_file_without_row_groups_is_one_split_that_holds_no_records(tm
 def test_footers_read_at_once_list_the_same_splits_in_the_same_order(tmp_path):
     for index in range(12):
         pq.write_table(pa.table({"text": ["x"] * (index + 1)}), tmp_path / f"p{index:02d}.parquet", row_group_size=2)
-    one_at_a_time = Tables(str(tmp_path), footer_threads=1).list_with_sizes()
-    at_once = Tables(str(tmp_path)).list_with_sizes()
-    assert one_at_a_time[0].equals(at_once[0]) and one_at_a_time[1].equals(at_once[1])
-    assert at_once[0].num_rows == sum(-(-(i + 1) // 2) for i in range(12))
+    one_at_a_time = Tables(str(tmp_path), footer_threads=1).listing()
+    at_once = Tables(str(tmp_path)).listing()
+    assert one_at_a_time.records.equals(at_once.records) and one_at_a_time.sizes.equals(at_once.sizes)
+    assert at_once.records.num_rows == sum(-(-(i + 1) // 2) for i in range(12))
     with pytest.raises(headrace.ConfigError, match="footer_threads must be at least 1"):
         Tables(str(tmp_path), footer_threads=0)
 
