@@ -5,12 +5,9 @@ import subprocess
 
 import pyarrow.parquet as pq
 
-from conftest import HEADRACE, ROOT, write
+from conftest import AS_IF_NOT_ROOT, HEADRACE, ROOT, write
 
 HOSTILE = os.path.join(ROOT, "tests", "fixtures", "hostile_docs.py")
-# Root reads any file whatever its mode; without these two capabilities it is refused like anyone.
-AS_IF_NOT_ROOT = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
-                  "--inh-caps=-dac_override,-dac_read_search"]
 
 
 def test_hostile_files_in_one_run(tmp_path):

@@ -1,0 +1,89 @@
+"""Listing a local input: every file the user pointed at is an input, or named as ignored;
+none is left out unsaid, and none is an input twice."""
+
+import os
+import subprocess
+
+import pytest
+
+import headrace
+from conftest import AS_IF_NOT_ROOT, HEADRACE, ROOT, write
+from headrace.source import Files
+from headrace.tables import Tables
+
+
+def sources(listing):
+    return [uri.removeprefix("file://") for uri in listing.records.column("source").to_pylist()]
+
+
+@pytest.fixture
+def linked(tmp_path):
+    """in/ holds a file, a link to a folder elsewhere, a second link to that folder, a link
+    back up the tree, a link to itself's parent and a broken link."""
+    elsewhere, folder = tmp_path / "elsewhere", tmp_path / "in"
+    write(str(elsewhere), "2026-11-28/a.txt", b"a document in a linked folder")
+    write(str(elsewhere), "2026-11-28/deeper/b.txt", b"and one further down")
+    write(str(folder), "own.txt", b"a document of the folder itself")
+    os.symlink(elsewhere / "2026-11-28", folder / "current")
+    os.symlink(elsewhere / "2026-11-28", folder / "latest")  # the same folder again: its files once
+    os.symlink(folder, folder / "loop")  # back up the tree: walked once, not forever
+    os.symlink(tmp_path / "gone", folder / "dangling.txt")
+    return folder
+
+
+def test_a_linked_folder_is_read_each_folder_once_a_broken_link_is_an_input(linked):
+    listing = Files(str(linked), extensions=(".txt",)).listing()
+    found = sources(listing)
+    assert found == sorted(found) and len(found) == len(set(found))
+    # The folder two links point to is read once, through the first of them (in name order).
+    in_link = [path for path in found if path.startswith(f"{linked}/current/")]
+    assert in_link == [f"{linked}/current/a.txt", f"{linked}/current/deeper/b.txt"]
+    assert f"{linked}/own.txt" in found and f"{linked}/dangling.txt" in found  # reading it fails, with the reason
+    assert len(found) == 4 and listing.ignored == ()
+    sizes = dict(zip(found, listing.sizes.to_pylist()))
+    assert sizes[f"{linked}/own.txt"] == 31 and sizes[f"{linked}/dangling.txt"] is None
+    assert sizes[in_link[0]] == 29  # the linked file's own size, not the link's
+
+
+def test_a_glob_matches_through_linked_folders_as_through_real_ones(linked):
+    assert sources(Files(f"{linked}/**/*.txt").listing()) == sources(Files(str(linked), extensions=(".txt",)).listing())
+    assert [os.path.basename(p) for p in sources(Files(f"{linked}/current/*.txt").listing())] == ["a.txt"]
+    assert sources(Files(f"{linked}/*/deeper/*").listing()) == [f"{linked}/current/deeper/b.txt"]
+
+
+def test_a_folder_named_like_a_glob_is_read_as_it_is_named(tmp_path):
+    write(str(tmp_path / "run[1]"), "x.txt", b"the folder's name has brackets")
+    write(str(tmp_path / "run1"), "y.txt", b"what the brackets would match as a glob")
+    assert [os.path.basename(p) for p in sources(Files(str(tmp_path / "run[1]")).listing())] == ["x.txt"]
+    with pytest.raises(headrace.ConfigError, match="does not exist"):
+        Files(str(tmp_path / "nothing-here")).listing()
+
+
+def test_files_of_other_types_are_listed_as_ignored_hidden_ones_are_not(tmp_path):
+    write(str(tmp_path), "shard.jsonl", b'{"text": "x"}\n')
+    write(str(tmp_path), "shard.jsonl.zst", b"(\xb5/\xfd")
+    write(str(tmp_path), "README", b"no extension")
+    write(str(tmp_path), "_SUCCESS", b"")
+    write(str(tmp_path), ".part-0.crc", b"")
+    listing = Tables(str(tmp_path)).listing()
+    assert sources(listing) == [f"{tmp_path}/shard.jsonl"]
+    assert listing.ignored == (f"file://{tmp_path}/README", f"file://{tmp_path}/shard.jsonl.zst")
+
+
+def test_an_unreadable_folder_in_the_input_is_exit_2_not_left_out(tmp_path):
+    """fsspec's find passed over a folder it could not list, and its files were left out of
+    the run unsaid (the dry run said 1 input file here)."""
+    folder = tmp_path / "in"
+    write(str(folder), "a.txt", b"a readable document")
+    write(str(folder / "secret"), "b.txt", b"a document in a folder nobody may list")
+    os.chmod(folder / "secret", 0)
+    command = [*HEADRACE, "submit", os.path.join(ROOT, "pipelines", "doc_embeddings.py"), "--master", "local[1]",
+               "--dry-run", "--conf", f"input={folder}", "--conf", f"output={tmp_path / 'out'}"]
+    if os.geteuid() == 0:
+        command = [*AS_IF_NOT_ROOT, *command]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    finally:
+        os.chmod(folder / "secret", 0o755)
+    assert result.returncode == 2, result.stderr
+    assert f"input folder {folder}/secret cannot be listed: Permission denied" in result.stderr.splitlines()[-1]
