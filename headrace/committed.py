@@ -10,17 +10,23 @@ import json
 import posixpath
 from typing import Sequence
 
+from concurrent.futures import ThreadPoolExecutor
+
 import fsspec
 import pyarrow as pa
 import pyarrow.dataset as pads
-from pyarrow.fs import FSSpecHandler, PyFileSystem
+from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
+
+from headrace.storage import is_local, parquet_table
 
 MANIFEST = "_SUCCESS"
+READ_THREADS = 8  # files read at once: on a bucket each is a request or a few
 
 
-def dataset(output: str, ds: str | None = None, storage_options: dict | None = None) -> pads.Dataset:
-    """The committed Parquet files of one date (``ds``) or of every date, as a pyarrow
-    Dataset with a ``ds`` column."""
+def committed_files(output: str, ds: str | None = None,
+                    storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str, list[tuple[str, str]]]:
+    """The filesystem, the output's root on it, and (date, path) of every committed
+    Parquet file of one date (``ds``) or of every date, as the manifests list them."""
     fs, root = fsspec.core.url_to_fs(output, **(storage_options or {}))
     root = root.rstrip("/")
     fs.invalidate_cache()
@@ -32,13 +38,25 @@ def dataset(output: str, ds: str | None = None, storage_options: dict | None = N
         manifests = sorted(fs.glob(posixpath.join(root, "ds=*", MANIFEST)))
         if not manifests:
             raise FileNotFoundError(f"{output}: no committed partition (no ds=*/{MANIFEST})")
-    paths = []
+    files = []
     for manifest in manifests:
         document = json.loads(fs.cat_file(manifest))
         folder = posixpath.dirname(manifest)
-        paths += [posixpath.join(folder, entry["path"]) for entry in document["files"]]
+        date = posixpath.basename(folder).removeprefix("ds=")
+        files += [(date, posixpath.join(folder, entry["path"])) for entry in document["files"]]
+    return fs, root, files
+
+
+def dataset(output: str, ds: str | None = None, storage_options: dict | None = None) -> pads.Dataset:
+    """The committed Parquet files of one date (``ds``) or of every date, as a pyarrow
+    Dataset with a ``ds`` column. On a local disk through Arrow's own filesystem: a scan
+    through a Python one (fsspec) may still be releasing Python objects on Arrow's
+    threads after it has returned, which aborts a process that exits at that moment
+    (apache/arrow#34314); ``read`` avoids the scanner altogether."""
+    fs, root, files = committed_files(output, ds, storage_options)
+    filesystem = LocalFileSystem() if is_local(fs) else PyFileSystem(FSSpecHandler(fs))
     partitioning = pads.partitioning(pa.schema([("ds", pa.string())]), flavor="hive")
-    return pads.dataset(paths, filesystem=PyFileSystem(FSSpecHandler(fs)), format="parquet",
+    return pads.dataset([path for _, path in files], filesystem=filesystem, format="parquet",
                         partitioning=partitioning, partition_base_dir=root)
 
 
@@ -65,8 +83,26 @@ def partition_status(output: str, ds: str, storage_options: dict | None = None) 
 
 def read(output: str, ds: str | None = None, columns: Sequence[str] | None = None,
          storage_options: dict | None = None) -> pa.Table:
-    """The committed rows of one date or of every date, with a ``ds`` column."""
-    return dataset(output, ds, storage_options).to_table(columns=list(columns) if columns else None)
+    """The committed rows of one date or of every date, with a ``ds`` column.
+
+    Each file is fetched whole, several at once on Python threads, and parsed from memory
+    Arrow owns (``storage.parquet_table``): Arrow's dataset scanner over a Python
+    filesystem lets go of Python objects on its own threads after returning, and a script
+    that exits just then aborts (SIGABRT; apache/arrow#34314). A scheduler's task reading
+    the output and exiting at once failed about half the time."""
+    fs, _, files = committed_files(output, ds, storage_options)
+    wanted = list(columns) if columns else None
+    stored = [name for name in wanted if name != "ds"] if wanted else None
+
+    def one(item: tuple[str, str]) -> pa.Table:
+        date, path = item
+        table = parquet_table(fs.cat_file(path), stored)
+        return table.append_column("ds", pa.array([date] * table.num_rows, pa.string()))
+
+    with ThreadPoolExecutor(max(1, min(READ_THREADS, len(files)))) as pool:
+        tables = list(pool.map(one, files))
+    table = pa.concat_tables(tables, promote_options="default")
+    return table.select(wanted) if wanted else table
 
 
 def scan(output: str, ds: str | None = None, storage_options: dict | None = None):

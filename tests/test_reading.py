@@ -39,3 +39,32 @@ def test_every_reading_snippet_of_the_readme_sees_exactly_the_committed_rows(ray
     assert namespace["data"].num_rows == 7
     assert namespace["frame"].height == 7 and sorted(set(namespace["frame"]["ds"].cast(str))) == ["2026-10-20", "2026-10-21"]
     assert [(str(ds), n) for ds, n in namespace["counts"]] == [("2026-10-20", 3), ("2026-10-21", 4)]
+
+
+def test_a_script_that_reads_the_output_and_exits_at_once_exits_0(tmp_path):
+    """A scheduler's task that reads a partition and exits: Arrow's dataset scanner let go
+    of the Python file objects it read through on its own threads after returning, and an
+    interpreter exiting at that moment aborted (exit 134, "terminate called without an
+    active exception"; apache/arrow#34314), in about half of such runs here. A resumed run's
+    driver read staged files the same way (Storage.read_parquet)."""
+    import json
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    (out / "ds=2026-10-20").mkdir(parents=True)
+    pq.write_table(pa.table({"word": ["weir"] * 500, "n": list(range(500))}), out / "ds=2026-10-20" / "part-0.parquet")
+    (out / "ds=2026-10-20" / "_SUCCESS").write_text(json.dumps({"files": [{"path": "part-0.parquet"}]}))
+    script = (
+        "import fsspec, headrace\n"
+        "from headrace.storage import Storage\n"
+        f"assert headrace.read({str(out)!r}, ds='2026-10-20').num_rows == 500\n"
+        f"assert headrace.scan({str(out)!r}).collect().height == 500\n"
+        f"assert Storage(fsspec.filesystem('file')).read_parquet({str(out / 'ds=2026-10-20' / 'part-0.parquet')!r}).num_rows == 500\n"
+    )
+    codes = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT).returncode
+             for _ in range(12)]
+    assert codes == [0] * 12
