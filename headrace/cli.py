@@ -7,7 +7,9 @@ import datetime as dt
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -15,7 +17,7 @@ import click
 
 from headrace import config as conf_mod
 from headrace import loader, native_stderr
-from headrace.errors import ConfigError, HeadraceError
+from headrace.errors import ConfigError, HeadraceError, Terminated, raise_terminated
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_QUALITY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -35,8 +37,11 @@ def _exits(command):
 
 
 def _reported(command, args, kwargs):
-    """Run a command; map exceptions to DESIGN.md's exit codes with a one-line message."""
+    """Run a command; map exceptions to DESIGN.md's exit codes with a one-line message.
+    SIGTERM (a scheduler stopping the task) is an interrupt, as Ctrl-C is."""
     verbose = kwargs.get("verbose", False)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return command(*args, **kwargs)
     except HeadraceError as exc:
@@ -47,8 +52,9 @@ def _reported(command, args, kwargs):
         if exc.exit_code == EXIT_FAILED:
             click.echo("headrace: nothing was published; the previous partition is unchanged", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("headrace: interrupted; nothing was published", err=True)
+    except KeyboardInterrupt as exc:
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        click.echo(f"headrace: {how}; nothing was published", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # noqa: BLE001 - the last line of defence prints and exits 1
         if verbose:

@@ -48,3 +48,13 @@ class StageBroken(HeadraceError):
 
 class TaskFailed(HeadraceError):
     """A task or actor of the run failed outside any record (a contract bug, a crash Ray gave up on)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: a scheduler stopping the task (Airflow, a Kubernetes pod's eviction, a job's
+    timeout). Handled as an interrupt: nothing is published, Ray is stopped, exit 130."""
+
+
+def raise_terminated(signum, frame) -> None:
+    """The CLI's SIGTERM handler (see headrace.ray_adapter.connect, which keeps it past ray.init)."""
+    raise Terminated("terminated by SIGTERM")

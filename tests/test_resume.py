@@ -121,6 +121,45 @@ def test_a_sigkilled_run_is_resumed_and_publishes_exactly_a_clean_runs_rows(ray_
     assert len(quarantine) == 2 and manifest["counts"]["input"] == 60
 
 
+def test_sigterm_stops_a_run_as_an_interrupt_and_the_retry_resumes(tmp_path):
+    """What a scheduler sends to stop a task (Airflow, a pod's eviction, a timeout): before,
+    Ray's handler printed a native stack dump and the process left with exit 15, its report
+    saying `failed: SystemExit: 15`. It is an interrupt: one line, exit 130, the report says
+    so, Ray's processes are gone, and the scheduler's retry resumes."""
+    corpus, output, report = str(tmp_path / "in"), str(tmp_path / "out"), tmp_path / "report.json"
+    lines_corpus(corpus, 30, seed=4)
+    conf = (f"input={corpus}", f"output={output}", "delay=0.1", "headrace.progress=false")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    progress = os.path.join(output, "_staging", f"ds={DS}", "progress")
+    driver = subprocess.Popen([*submit(*conf), "--report", str(report)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not (os.path.isdir(progress) and any(f.endswith(".json") for f in os.listdir(progress))):
+            assert driver.poll() is None, "the run ended before it was stopped"
+            assert time.time() < deadline, "nothing was staged in time"
+            time.sleep(0.2)
+        ray_processes = psutil.Process(driver.pid).children(recursive=True)
+        driver.send_signal(signal.SIGTERM)
+        _, stderr = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, stderr[-3000:]
+    assert stderr.splitlines()[-1] == "headrace: terminated (SIGTERM); nothing was published", stderr[-3000:]
+    assert "SIGTERM received" not in stderr  # no native stack dump
+    document = json.loads(report.read_text())
+    assert (document["status"], document["exit_code"]) == ("interrupted", 130)
+    assert document["reason"] == "Terminated: terminated by SIGTERM"
+    assert not os.path.exists(os.path.join(output, f"ds={DS}"))
+    gone, alive = psutil.wait_procs(ray_processes, timeout=20)
+    assert not alive, [p.cmdline()[:2] for p in alive]
+
+    retried = subprocess.run(submit(*conf), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert retried.returncode == 0, retried.stderr[-3000:]
+    assert "resuming ds=2026-08-01 (attempt 2)" in retried.stderr
+
+
 def test_a_changed_configuration_never_mixes_with_staged_files(ray_cluster, tmp_path):
     corpus, output = str(tmp_path / "in"), str(tmp_path / "out")
     lines_corpus(corpus, 6, seed=3, exploding=(2,))
