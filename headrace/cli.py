@@ -219,7 +219,16 @@ def _submit_job(pipeline, master, no_wait, conf_pairs, properties_file, ds, flag
     if no_wait:
         click.echo(submission)
         return
-    code = client.follow(submission)
+    try:
+        code = client.follow(submission)
+    except KeyboardInterrupt:
+        # The job belongs to this command: stopped with it, as a scheduler that stops the task
+        # expects (a job left running would hold the date's lock against the task's retry).
+        # To leave a job running, submit it with --no-wait.
+        stopping = client.stop(submission)
+        click.echo(f"headrace: job {submission} {'stopped' if stopping else 'had already ended'} on the cluster",
+                   err=True)
+        raise
     sys.exit(code)
 
 

@@ -187,6 +187,52 @@ def test_cluster_deploy_mode_runs_the_job_on_the_cluster_with_the_runs_exit_code
     assert not (output / "ds=2026-11-06").exists()
 
 
+def test_a_cluster_mode_submit_stopped_by_its_scheduler_stops_its_job(nodes, tmp_path):
+    """SIGTERM to `headrace submit --deploy-mode cluster` while it follows its job: before,
+    the command died and the job went on running on the cluster, holding the date's lock
+    against the scheduler's retry (which failed: another run is working on this date)."""
+    import re
+    import signal
+
+    from test_resume import lines_corpus
+
+    docs, output = tmp_path / "docs", tmp_path / "out"
+    lines_corpus(str(docs), 30, seed=8)
+    command = [*HEADRACE, "submit", os.path.join(ROOT, "tests", "fixtures", "slow_lines.py"), "--deploy-mode",
+               "cluster", "--master", nodes.dashboard, "--ds", DS, "--conf", f"input={docs}",
+               "--conf", f"output={output}", "--conf", "delay=0.2", "--conf", "headrace.progress=false"]
+    client = subprocess.Popen(command, cwd=ROOT, env=nodes.driver_env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    lock = output / "_staging" / f"ds={DS}.lock"
+    try:
+        deadline = time.monotonic() + 180
+        while not lock.exists():  # the job's driver runs on the cluster and holds the date
+            assert client.poll() is None, client.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the job did not start in time"
+            time.sleep(0.2)
+        client.send_signal(signal.SIGTERM)
+        _, stderr = client.communicate(timeout=60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert client.returncode == 130, stderr[-3000:]
+    submission = re.search(r"submitted (raysubmit_\w+)", stderr).group(1)
+    assert f"headrace: job {submission} stopped on the cluster" in stderr, stderr[-3000:]
+    deadline = time.monotonic() + 60
+    while True:
+        status = cli(nodes, "job", "status", submission, "--master", nodes.dashboard)
+        if "STOPPED" in status.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert "STOPPED" in status.stdout, status.stdout + status.stderr
+    assert not (output / f"ds={DS}").exists()
+    # The job's driver, stopped by Ray with SIGTERM, let go of the date: a retry can run at once.
+    deadline = time.monotonic() + 30
+    while lock.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not lock.exists()
+
+
 def test_master_local_starts_its_own_ray_beside_a_running_or_dead_cluster(nodes, tmp_path):
     """RAY_ADDRESS names the live cluster while Ray's current-cluster file (in
     RAY_TMPDIR/ray) names a dead one, as after a cluster killed without `ray stop`: either
