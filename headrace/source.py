@@ -93,7 +93,7 @@ class Files:
         # page by page (one request per 1,000 objects, none per object), and raise on a
         # failed page; their find() takes no on_error.
         if is_local(fs):
-            return _local_files(path, self.given)
+            return _local_files(fs, path, self.given)
         walk = {"on_error": "raise"} if is_local(fs) else {}
         if any(ch in path for ch in GLOB_CHARS):
             found = fs.glob(path, detail=True, **walk)
@@ -112,7 +112,7 @@ class Files:
         return f"files {self.url}{exts}"
 
 
-def _local_files(path: str, given: str) -> dict[str, int | None]:
+def _local_files(fs, path: str, given: str) -> dict[str, int | None]:
     """The files of a local folder, or those a local glob matches (as fsspec's glob does),
     with their sizes; links to folders are followed, as `ls -L`, `find -L` and Spark's
     local reads do. fsspec's find does not follow them, so the files of a linked folder
@@ -120,10 +120,10 @@ def _local_files(path: str, given: str) -> dict[str, int | None]:
     run without a word. A folder reached twice (a link back up the tree, two links to one
     folder) is walked once, so no file is an input twice through it. A path that exists
     is taken as it is, glob characters in its name (`run[1]`) included."""
-    if os.path.isdir(path):
-        return {p: size for p, size in _walk_local(path).items() if not _hidden(p, path)}
-    if os.path.lexists(path):
-        return {path: os.stat(path).st_size if os.path.exists(path) else None}
+    if fs.isdir(path):
+        return {p: size for p, size in _walk_local(fs, path).items() if not _hidden(p, path)}
+    if fs.lexists(path):
+        return {path: _size(path)}
     if not any(ch in path for ch in GLOB_CHARS):
         raise ConfigError(f"input {given!r} does not exist")
     from fsspec.utils import glob_translate
@@ -132,39 +132,46 @@ def _local_files(path: str, given: str) -> dict[str, int | None]:
     root = path[: path.rindex("/", 0, magic) + 1] if "/" in path[:magic] else "./"
     depth = None if "**" in path else path[len(root):].count("/") + 1
     pattern = re.compile(glob_translate(path))
-    return {p: size for p, size in _walk_local(root, depth).items() if pattern.match(p)}
+    return {p: size for p, size in _walk_local(fs, root, depth).items() if pattern.match(p)}
 
 
-def _walk_local(root: str, maxdepth: int | None = None) -> dict[str, int | None]:
-    """Every file under ``root`` (at most ``maxdepth`` levels down), following links to
-    folders, each folder once; a broken link is listed (reading it fails, with the reason)."""
+def _walk_local(fs, root: str, maxdepth: int | None = None) -> dict[str, int | None]:
+    """Every file under ``root`` (at most ``maxdepth`` levels down), listed through ``fs``
+    folder by folder, following links to folders, each folder once; a broken link is
+    listed (reading it fails, with the reason). A folder that cannot be listed fails the
+    listing: its files are never left out unsaid."""
     found: dict[str, int | None] = {}
     seen: set[str] = set()
-
-    def fail(error: OSError) -> None:  # an unreadable folder fails the listing, never shrinks it
-        if isinstance(error, PermissionError):
-            raise ConfigError(f"input folder {error.filename} cannot be listed: {error.strerror}; its files "
-                              f"would be left out of the run (make it readable, or leave it out of the input)")
-        raise error
-
-    top = root.rstrip("/") or "/"
-    for directory, folders, names in os.walk(top, onerror=fail, followlinks=True):
-        real = os.path.realpath(directory)
+    folders = [(root.rstrip("/") or "/", 0)]
+    while folders:
+        folder, level = folders.pop()
+        real = os.path.realpath(folder)
         if real in seen:
-            folders[:] = []
             continue
         seen.add(real)
-        level = 0 if directory == top else directory[len(top):].strip("/").count("/") + 1
-        if maxdepth is not None and level + 1 >= maxdepth:
-            folders[:] = []
-        folders.sort()
-        for name in names:
-            file = posixpath.join(directory, name)
-            try:
-                found[file] = os.stat(file).st_size
-            except OSError:
-                found[file] = None
+        try:
+            entries = fs.ls(folder, detail=True)
+        except PermissionError as error:
+            raise ConfigError(f"input folder {folder} cannot be listed: {error.strerror or error}; its files "
+                              f"would be left out of the run (make it readable, or leave it out of the input)") from None
+        below = []
+        for entry in sorted(entries, key=lambda e: e["name"]):
+            name, link = entry["name"], entry.get("islink", False)
+            if entry.get("type") == "directory" or (link and os.path.isdir(name)):
+                if maxdepth is None or level + 1 < maxdepth:
+                    below.append((name, level + 1))
+            else:
+                found[name] = _size(name) if link else entry.get("size")
+        folders.extend(reversed(below))  # depth first, in name order
     return found
+
+
+def _size(path: str) -> int | None:
+    """A local file's size, through links; None for a broken link."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
 
 
 def _hidden(path: str, root: str) -> bool:
