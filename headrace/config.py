@@ -199,6 +199,17 @@ def resolve(
         parse_storage_options(engine.storage_options)
     if engine.broken_stage_after < 0:
         raise ConfigError(f"{ENGINE_PREFIX}broken_stage_after={engine.broken_stage_after}: 0 (off) or more, please")
+    # Each of these was taken before: 0 CPUs as "all cores", a negative count by Ray once it
+    # had started, a gate above 1 as off and one below 0 as refusing every run.
+    if engine.num_cpus is not None and engine.num_cpus < 1:
+        raise ConfigError(f"{ENGINE_PREFIX}num_cpus={engine.num_cpus} (--num-cpus): at least 1, please")
+    if engine.num_gpus is not None and engine.num_gpus < 0:
+        raise ConfigError(f"{ENGINE_PREFIX}num_gpus={engine.num_gpus} (--num-gpus): 0 or more, please")
+    if engine.max_quarantine_fraction is not None and not 0 <= engine.max_quarantine_fraction <= 1:
+        raise ConfigError(f"{ENGINE_PREFIX}max_quarantine_fraction={engine.max_quarantine_fraction}: "
+                          "a number from 0 to 1, please (1 turns the gate off)")
+    if not engine.progress_every_s > 0:
+        raise ConfigError(f"{ENGINE_PREFIX}progress_every_s={engine.progress_every_s}: more than 0 seconds, please")
     day = parse_ds(ds)
     settings = {k: v.replace("{ds}", day) if isinstance(v, str) else v for k, v in settings.items()}
     return RunConf(engine=engine, settings=settings, ds=day, sources=sources)

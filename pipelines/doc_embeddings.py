@@ -11,7 +11,7 @@ from __future__ import annotations
 from headrace import Files, Pipeline, output_sink
 from schemas.doc_embeddings import doc_embeddings_schema
 from stages.files import ReadFiles
-from stages.models import EmbedText
+from stages.models import EmbedText, check_chunks_fit
 from stages.text import ChunkText, DecodeText, HtmlToText
 
 EXTENSIONS = (".html", ".htm", ".md", ".txt")
@@ -33,6 +33,7 @@ def pipeline(
     output_format: str = "parquet",
 ) -> Pipeline:
     """Settings are the keyword arguments (``--conf input=...``); ``model`` is a local folder."""
+    check_chunks_fit(max_tokens, model)
     return Pipeline(
         name="doc_embeddings",
         source=Files(input, extensions=EXTENSIONS, id_column="doc_id"),

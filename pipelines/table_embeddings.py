@@ -15,7 +15,7 @@ import pyarrow as pa
 from headrace import Pipeline, output_sink
 from headrace.tables import Tables
 from schemas.table_embeddings import table_embeddings_schema
-from stages.models import EmbedText
+from stages.models import EmbedText, check_chunks_fit
 from stages.tables import ReadTable
 from stages.text import ChunkText
 
@@ -42,6 +42,7 @@ def pipeline(
     (``id_column``'s value, else the file URI plus the row number or line offset),
     source, chunk_index, num_chunks, text, embedding, model. A null or empty text is
     quarantined with its file and position."""
+    check_chunks_fit(max_tokens, model)
     return Pipeline(
         name="table_embeddings",
         source=Tables(input, split_bytes=split_bytes),

@@ -233,6 +233,24 @@ def model_folder(path: str | None) -> str:
     return path
 
 
+def check_chunks_fit(max_tokens: int, model: str | None) -> None:
+    """Refuse chunks longer than the model takes, before any work starts: every such chunk
+    would fail in the model, on the workers, one at a time. Checked where the model's
+    config.json can be read here (on a cluster the model may live on the workers only)."""
+    import json
+
+    folder = default_model_path() if model is None else model
+    try:
+        with open(os.path.join(folder, "config.json")) as handle:
+            config = json.load(handle)
+    except (OSError, ValueError):
+        return
+    positions = config.get("max_position_embeddings") or config.get("n_positions")
+    if isinstance(positions, int) and max_tokens > positions:
+        raise ValueError(f"max_tokens={max_tokens} is more than the model takes: {positions} tokens "
+                         f"(max_position_embeddings in {os.path.join(folder, 'config.json')})")
+
+
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

@@ -40,6 +40,13 @@ def small_corpus(tmp_path_factory):
         (["--conf", "headrace.object_store_memory=lots"], "expected a size such as 2GiB"),
         (["--conf", "headrace.broken_stage_after=-1"], "broken_stage_after=-1: 0 (off) or more"),
         (["--conf", "max_quarantine_fraction=2"], "max_quarantine_fraction must be a number from 0 to 1"),
+        # Taken before: 0 CPUs as all cores, -1 by Ray once started, a gate of 2 as off.
+        (["--num-cpus", "0"], "headrace.num_cpus=0 (--num-cpus): at least 1"),
+        (["--num-gpus", "-1"], "headrace.num_gpus=-1 (--num-gpus): 0 or more"),
+        (["--conf", "headrace.max_quarantine_fraction=2"], "max_quarantine_fraction=2.0: a number from 0 to 1"),
+        (["--conf", "headrace.progress_every_s=0"], "progress_every_s=0.0: more than 0 seconds"),
+        # Chunks longer than the model's positions failed in the model, one by one, on the workers.
+        (["--conf", "max_tokens=513"], "max_tokens=513 is more than the model takes: 512 tokens"),
         # An unset variable in a scheduler's command: not the working directory.
         (["--conf", "output="], "output is empty: give a path or URL"),
         (["--conf", "input="], "input is empty: give a path or URL"),
