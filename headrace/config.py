@@ -40,6 +40,7 @@ class EngineConf:
     resume: bool = True  # keep what a killed run of the same ds and configuration staged
     allow_empty_input: bool = False  # an input that matches no file commits an empty partition
     object_store_memory: str | None = None  # e.g. 2GiB: a local Ray's object store, and Ray Data's budget
+    lock_wait_s: float = 0.0  # how long to wait for another run's lock on the date (a retry on a new host)
     storage_options: str | None = None  # JSON: {"s3": {"endpoint_url": ...}}, fsspec options per protocol; never recorded
 
 
@@ -208,6 +209,8 @@ def resolve(
     if engine.max_quarantine_fraction is not None and not 0 <= engine.max_quarantine_fraction <= 1:
         raise ConfigError(f"{ENGINE_PREFIX}max_quarantine_fraction={engine.max_quarantine_fraction}: "
                           "a number from 0 to 1, please (1 turns the gate off)")
+    if not engine.lock_wait_s >= 0:
+        raise ConfigError(f"{ENGINE_PREFIX}lock_wait_s={engine.lock_wait_s}: 0 (do not wait) or more seconds, please")
     if not engine.progress_every_s > 0:
         raise ConfigError(f"{ENGINE_PREFIX}progress_every_s={engine.progress_every_s}: more than 0 seconds, please")
     day = parse_ds(ds)

@@ -8,11 +8,17 @@ second run finds it and stops before doing anything, unless the lock is stale: i
 process is gone (same host) or its heartbeat is older than ``stale_s`` (a driver killed
 on another host). So a killed run's retry can go ahead at once, and two schedulers
 cannot interleave their files.
+
+A run on another host cannot tell a live holder from a dead one before its heartbeat is
+``stale_s`` old: a Kubernetes Job retries a killed pod on a new pod within seconds, and
+that retry would be turned away. ``wait_s`` (``headrace.lock_wait_s``) makes a run wait
+that long for the lock to be released or go stale before it gives up.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -21,11 +27,15 @@ import time
 from headrace.errors import RunInProgress
 from headrace.storage import Storage
 
+log = logging.getLogger("headrace")
+
 
 class RunLock:
-    def __init__(self, storage: Storage, path: str, run_id: str, heartbeat_s: float = 30.0, stale_s: float = 180.0):
+    def __init__(self, storage: Storage, path: str, run_id: str, heartbeat_s: float = 30.0, stale_s: float = 180.0,
+                 wait_s: float = 0.0, poll_s: float = 5.0):
         self.storage, self.path, self.run_id = storage, path, run_id
         self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
+        self.wait_s, self.poll_s = wait_s, poll_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -59,8 +69,25 @@ class RunLock:
         """Raise RunInProgress where a live run holds the lock; take nothing and write
         nothing. A run asks this before it starts Ray, so that a second scheduler's run of
         the date is turned away in a second instead of after a Ray start; ``acquire``
-        still decides between two runs that start together."""
-        self._stale()
+        still decides between two runs that start together. With ``wait_s``, a held lock
+        is looked at again every ``poll_s`` until it is released or stale, for that long."""
+        deadline = time.monotonic() + self.wait_s
+        waiting = False
+        while True:
+            try:
+                self._stale()
+                return
+            except RunInProgress as held:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if waiting:
+                        raise RunInProgress(f"{held} (waited {self.wait_s:g} s: headrace.lock_wait_s)") from None
+                    raise
+                if not waiting:
+                    log.warning("%s; waiting up to %g s for it to end or go stale (headrace.lock_wait_s)", held,
+                                self.wait_s)
+                    waiting = True
+                time.sleep(min(self.poll_s, left))
 
     def _take_over_if_stale(self) -> None:
         if self._stale():

@@ -94,7 +94,7 @@ def run(
     sink, id_column = pipeline.sink, pipeline.keys[0]
     # One run per date and output at a time; a killed run's lock is taken over at once.
     storage = sink.storage()
-    lock = RunLock(storage, sink.staging(ds) + ".lock", run_id)
+    lock = RunLock(storage, sink.staging(ds) + ".lock", run_id, wait_s=engine.lock_wait_s)
     lock.refuse_if_held()  # a date another run is working on: turned away before Ray starts
     from headrace import ray_adapter  # imports Ray
 

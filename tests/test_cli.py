@@ -45,6 +45,7 @@ def small_corpus(tmp_path_factory):
         (["--num-gpus", "-1"], "headrace.num_gpus=-1 (--num-gpus): 0 or more"),
         (["--conf", "headrace.max_quarantine_fraction=2"], "max_quarantine_fraction=2.0: a number from 0 to 1"),
         (["--conf", "headrace.progress_every_s=0"], "progress_every_s=0.0: more than 0 seconds"),
+        (["--conf", "headrace.lock_wait_s=-1"], "lock_wait_s=-1.0: 0 (do not wait) or more seconds"),
         # Chunks longer than the model's positions failed in the model, one by one, on the workers.
         (["--conf", "max_tokens=513"], "max_tokens=513 is more than the model takes: 512 tokens"),
         # An unset variable in a scheduler's command: not the working directory.

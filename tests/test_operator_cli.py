@@ -247,6 +247,7 @@ def test_the_scheduling_examples_parse(tmp_path):
     assert cronjob["kind"] == "CronJob" and cronjob["spec"]["schedule"] == "15 2 * * *"
     container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][0].startswith("exec headrace submit")  # process 1: the pod's SIGTERM reaches it
+    assert "--conf headrace.lock_wait_s=240" in container["args"][0]  # a retry pod waits out the killed pod's lock
     codes = {rule["onExitCodes"]["values"][0] for rule in cronjob["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]}
     assert codes == {2, 3}
     # The pipeline and the conf keys the examples use exist.
