@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import fsspec
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem as LocalFileSystemSpec
 from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
 
 from headrace.storage import is_local, parquet_table
@@ -85,18 +87,25 @@ def read(output: str, ds: str | None = None, columns: Sequence[str] | None = Non
          storage_options: dict | None = None) -> pa.Table:
     """The committed rows of one date or of every date, with a ``ds`` column.
 
-    Each file is fetched whole, several at once on Python threads, and parsed from memory
-    Arrow owns (``storage.parquet_table``): Arrow's dataset scanner over a Python
-    filesystem lets go of Python objects on its own threads after returning, and a script
-    that exits just then aborts (SIGABRT; apache/arrow#34314). A scheduler's task reading
-    the output and exiting at once failed about half the time."""
+    Files are read several at once on Python threads: on a local disk by Arrow's own
+    reader (only the columns asked for); on other stores fetched whole and parsed from
+    memory Arrow owns (``storage.parquet_table``). Arrow is never handed a Python file:
+    its dataset scanner over a Python filesystem lets go of Python objects on its own
+    threads after returning, and a script that exits just then aborts (SIGABRT;
+    apache/arrow#34314). A scheduler's task reading the output and exiting at once failed
+    about half the time."""
     fs, _, files = committed_files(output, ds, storage_options)
     wanted = list(columns) if columns else None
     stored = [name for name in wanted if name != "ds"] if wanted else None
 
+    local = type(fs) is LocalFileSystemSpec  # plain local files: Arrow's own reader, only the columns asked for
+
     def one(item: tuple[str, str]) -> pa.Table:
         date, path = item
-        table = parquet_table(fs.cat_file(path), stored)
+        if local:
+            table = pq.ParquetFile(path).read(columns=stored)
+        else:
+            table = parquet_table(fs.cat_file(path), stored)
         return table.append_column("ds", pa.array([date] * table.num_rows, pa.string()))
 
     with ThreadPoolExecutor(max(1, min(READ_THREADS, len(files)))) as pool:
