@@ -78,6 +78,41 @@ def mixed_corpus(tmp_path_factory):
     return directory, good, bad
 
 
+def lines_corpus(directory, count, seed, exploding=()):
+    """Files of 1 to 5 lines for tests/fixtures/slow_lines.py; a file in ``exploding`` ends
+    with a line that makes it fail."""
+    rng = random.Random(seed)
+    for index in range(count):
+        lines = [f"line {j} of file {index}: " + " ".join(rng.choice("abcdefgh") * 3 for _ in range(5))
+                 for j in range(rng.randint(1, 5))]
+        if index in exploding:
+            lines.append("explode")
+        write(directory, f"f-{index:03d}.txt", "\n".join(lines).encode())
+
+
+def sigterm_when(command, ready, env, timeout=240, what="the run"):
+    """Start ``command``, send it SIGTERM once ``ready()``, as a scheduler stopping a task
+    does; return (its exit code, its stderr, the processes it had started by then)."""
+    import signal
+
+    import psutil
+
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert process.poll() is None, f"{what} ended before it was stopped: " + process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, f"{what} was not ready in time"
+            time.sleep(0.2)
+        children = psutil.Process(process.pid).children(recursive=True)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, stderr, children
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import headrace
-from conftest import HEADRACE, QUIET, ROOT, good_corpus, write
+from conftest import HEADRACE, QUIET, ROOT, good_corpus, lines_corpus, sigterm_when, write
 from pipelines.doc_embeddings import pipeline as doc_embeddings
 from ray_nodes import RayNodes
 
@@ -192,30 +192,16 @@ def test_a_cluster_mode_submit_stopped_by_its_scheduler_stops_its_job(nodes, tmp
     the command died and the job went on running on the cluster, holding the date's lock
     against the scheduler's retry (which failed: another run is working on this date)."""
     import re
-    import signal
-
-    from test_resume import lines_corpus
 
     docs, output = tmp_path / "docs", tmp_path / "out"
     lines_corpus(str(docs), 30, seed=8)
     command = [*HEADRACE, "submit", os.path.join(ROOT, "tests", "fixtures", "slow_lines.py"), "--deploy-mode",
                "cluster", "--master", nodes.dashboard, "--ds", DS, "--conf", f"input={docs}",
                "--conf", f"output={output}", "--conf", "delay=0.2", "--conf", "headrace.progress=false"]
-    client = subprocess.Popen(command, cwd=ROOT, env=nodes.driver_env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
     lock = output / "_staging" / f"ds={DS}.lock"
-    try:
-        deadline = time.monotonic() + 180
-        while not lock.exists():  # the job's driver runs on the cluster and holds the date
-            assert client.poll() is None, client.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "the job did not start in time"
-            time.sleep(0.2)
-        client.send_signal(signal.SIGTERM)
-        _, stderr = client.communicate(timeout=60)
-    finally:
-        if client.poll() is None:
-            client.kill()
-    assert client.returncode == 130, stderr[-3000:]
+    # Ready once the job's driver runs on the cluster and holds the date.
+    code, stderr, _ = sigterm_when(command, lock.exists, nodes.driver_env, timeout=180, what="the job")
+    assert code == 130, stderr[-3000:]
     submission = re.search(r"submitted (raysubmit_\w+)", stderr).group(1)
     assert f"headrace: job {submission} stopped on the cluster" in stderr, stderr[-3000:]
     deadline = time.monotonic() + 60

@@ -2,7 +2,6 @@
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -14,21 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import headrace
-from conftest import HEADRACE, QUIET, ROOT, write
+from conftest import HEADRACE, QUIET, ROOT, lines_corpus, sigterm_when
 from headrace.errors import QualityGateError
 
 SLOW = os.path.join(ROOT, "tests", "fixtures", "slow_lines.py")
 DS = "2026-08-01"
-
-
-def lines_corpus(directory, count, seed, exploding=()):
-    rng = random.Random(seed)
-    for index in range(count):
-        lines = [f"line {j} of file {index}: " + " ".join(rng.choice("abcdefgh") * 3 for _ in range(5))
-                 for j in range(rng.randint(1, 5))]
-        if index in exploding:
-            lines.append("explode")
-        write(directory, f"f-{index:03d}.txt", "\n".join(lines).encode())
 
 
 def rows(output):
@@ -131,21 +120,10 @@ def test_sigterm_stops_a_run_as_an_interrupt_that_leaves_its_work_for_the_retry(
     conf = (f"input={corpus}", f"output={output}", "delay=0.1", "headrace.progress=false")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     progress = os.path.join(output, "_staging", f"ds={DS}", "progress")
-    driver = subprocess.Popen([*submit(*conf), "--report", str(report)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while not (os.path.isdir(progress) and any(f.endswith(".json") for f in os.listdir(progress))):
-            assert driver.poll() is None, "the run ended before it was stopped"
-            assert time.time() < deadline, "nothing was staged in time"
-            time.sleep(0.2)
-        ray_processes = psutil.Process(driver.pid).children(recursive=True)
-        driver.send_signal(signal.SIGTERM)
-        _, stderr = driver.communicate(timeout=60)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    assert driver.returncode == 130, stderr[-3000:]
+    code, stderr, ray_processes = sigterm_when(
+        [*submit(*conf), "--report", str(report)],
+        lambda: os.path.isdir(progress) and any(f.endswith(".json") for f in os.listdir(progress)), env)
+    assert code == 130, stderr[-3000:]
     assert stderr.splitlines()[-1] == "headrace: terminated (SIGTERM); nothing was published", stderr[-3000:]
     assert "SIGTERM received" not in stderr  # no native stack dump
     document = json.loads(report.read_text())
