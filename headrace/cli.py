@@ -292,17 +292,30 @@ def backfill(pipeline, start, end, master, conf_pairs, properties_file, name, nu
     # Every date's configuration is checked before the first one runs.
     planned = [_resolve(pipeline, conf_pairs, properties_file, flags, d) for d in days]
     results = []
+    interrupted = None
     for factory, run_conf, built in planned:
-        results.append(_backfill_one(factory, run_conf, built, skip_committed, dry_run))
+        started = time.perf_counter()
+        try:
+            results.append(_backfill_one(factory, run_conf, built, skip_committed, dry_run))
+        except KeyboardInterrupt as exc:  # Ctrl-C or a scheduler's SIGTERM: the dates so far still count
+            interrupted = exc
+            how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            results.append({"ds": run_conf.ds, "exit": EXIT_INTERRUPTED, "status": how, "rows": None,
+                            "quarantined": None, "seconds": round(time.perf_counter() - started, 1),
+                            "reason": "not published"})
+            break
         if fail_fast and results[-1]["exit"] not in (0, None):
             break
     click.echo(_backfill_table(results, len(days)))
-    code = _backfill_exit(results, len(days))
+    code = EXIT_INTERRUPTED if interrupted else _backfill_exit(results, len(days))
     if report:
         from headrace.report import write_report
 
         write_report(report, {"pipeline": planned[0][2].name, "start": first, "end": last, "exit_code": code,
                               "dry_run": dry_run, "dates": results})
+    if interrupted:
+        click.echo(f"headrace: {results[-1]['status']}; ds={results[-1]['ds']} was not published "
+                   "(the dates before it: see the table)", err=True)
     sys.exit(code)
 
 
@@ -351,7 +364,8 @@ def _backfill_table(results: list[dict], planned: int) -> str:
         lines.append(f"  {r['ds']:<10}  {show(r['exit']):>4}  {show(r['rows']):>10}  {show(r['quarantined']):>11}  "
                      f"{r['seconds']:>7.1f}  {r['status']}" + (f": {r['reason']}" if r["reason"] else ""))
     if len(results) < planned:
-        lines.append(f"  (stopped after {len(results)} of {planned} dates: --fail-fast)")
+        why = results[-1]["status"] if results and results[-1]["exit"] == EXIT_INTERRUPTED else "--fail-fast"
+        lines.append(f"  (stopped after {len(results)} of {planned} dates: {why})")
     return "\n".join(lines)
 
 

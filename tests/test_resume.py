@@ -251,3 +251,24 @@ def test_a_run_told_to_wait_for_the_lock_goes_ahead_once_the_holders_heartbeat_i
         with pytest.raises(RunInProgress, match=r"waited 1.5 s: headrace.lock_wait_s"):
             RunLock(storage, str(path), "r-4", stale_s=3.0, wait_s=1.5, poll_s=0.1).refuse_if_held()
         assert time.monotonic() - started >= 1.5
+
+
+def test_sigterm_stops_a_backfill_with_its_table_and_report_of_the_dates_so_far(tmp_path):
+    """Before, a stopped backfill printed no table and wrote no report: which dates had
+    committed was left to find out."""
+    lines_corpus(str(tmp_path / "in" / "2026-08-01"), 3, seed=5)
+    lines_corpus(str(tmp_path / "in" / "2026-08-02"), 30, seed=6)
+    output, report = tmp_path / "out", tmp_path / "report.json"
+    command = [*HEADRACE, "backfill", SLOW, "--start", "2026-08-01", "--end", "2026-08-03", "--conf",
+               f"input={tmp_path}/in/{{ds}}", "--conf", f"output={output}", "--conf", "delay=0.1",
+               "--conf", "headrace.progress=false", "--report", str(report)]
+    ready = (output / "_staging" / "ds=2026-08-02.lock").exists  # the second date is under way
+    code, stderr, _ = sigterm_when(command, ready, {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert code == 130, stderr[-3000:]
+    assert stderr.splitlines()[-1] == ("headrace: terminated (SIGTERM); ds=2026-08-02 was not published "
+                                       "(the dates before it: see the table)")
+    dates = json.loads(report.read_text())["dates"]
+    assert [(d["ds"], d["exit"], d["status"]) for d in dates] == [
+        ("2026-08-01", 0, "committed"), ("2026-08-02", 130, "terminated (SIGTERM)")]
+    assert json.loads(report.read_text())["exit_code"] == 130
+    assert (output / "ds=2026-08-01" / "_SUCCESS").exists() and not (output / "ds=2026-08-02").exists()
