@@ -87,3 +87,29 @@ def test_an_unreadable_folder_in_the_input_is_exit_2_not_left_out(tmp_path):
         os.chmod(folder / "secret", 0o755)
     assert result.returncode == 2, result.stderr
     assert f"input folder {folder}/secret cannot be listed: Permission denied" in result.stderr.splitlines()[-1]
+
+
+def test_an_output_inside_the_input_folder_is_never_read_as_input(tmp_path):
+    """`--conf input=data --conf output=data/emb`: the table job took its own Parquet output
+    of earlier dates as input (more of it every night); the doc job reported it as ignored."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from headrace.config import EngineConf
+    from headrace.runner import list_inputs
+    from pipelines.doc_embeddings import pipeline as doc_embeddings
+    from pipelines.table_embeddings import pipeline as table_embeddings
+
+    write(str(tmp_path), "shard.jsonl", b'{"text": "x"}\n')
+    write(str(tmp_path), "page.txt", b"a document")
+    earlier = tmp_path / "emb" / "ds=2026-11-01"
+    earlier.mkdir(parents=True)
+    pq.write_table(pa.table({"text": ["an embedded chunk"]}), earlier / "part-00000.parquet")
+    (earlier / "_SUCCESS").write_text("{}")
+    tables = list_inputs(table_embeddings(input=str(tmp_path), output=str(tmp_path / "emb")), EngineConf())
+    assert sources(tables) == [f"{tmp_path}/shard.jsonl"]
+    assert tables.ignored == {"files": 1, "by_extension": {".txt": 1}, "examples": [f"file://{tmp_path}/page.txt"]}
+    docs = list_inputs(doc_embeddings(input=str(tmp_path), output=str(tmp_path / "emb")), EngineConf())
+    assert sources(docs) == [f"{tmp_path}/page.txt"] and docs.ignored["by_extension"] == {".jsonl": 1}
+    with pytest.raises(headrace.ConfigError, match="lies under the output"):
+        list_inputs(table_embeddings(input=str(earlier), output=str(tmp_path / "emb")), EngineConf())
