@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 
-from headrace.errors import RunInProgress
+from headrace.errors import ConfigError, RunInProgress
 from headrace.storage import Storage
 
 log = logging.getLogger("headrace")
@@ -52,8 +52,15 @@ class RunLock:
                            "since": self._since, "beat": now}).encode()
 
     def acquire(self) -> None:
-        self.storage.makedirs(self.path.rsplit("/", 1)[0])
         self._since = time.time()
+        try:
+            self.storage.makedirs(self.path.rsplit("/", 1)[0])
+            self._create()
+        except PermissionError as exc:  # the first write of a run: a place it may not write is configuration
+            raise ConfigError(f"cannot write the output at {self.path.rsplit('/', 2)[0]}: "
+                              f"{exc.strerror or exc}") from None
+
+    def _create(self) -> None:
         for _ in range(2):
             try:
                 self.storage.create_only(self.path, self._document())

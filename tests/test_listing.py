@@ -113,3 +113,22 @@ def test_an_output_inside_the_input_folder_is_never_read_as_input(tmp_path):
     assert sources(docs) == [f"{tmp_path}/page.txt"] and docs.ignored["by_extension"] == {".jsonl": 1}
     with pytest.raises(headrace.ConfigError, match="lies under the output"):
         list_inputs(table_embeddings(input=str(earlier), output=str(tmp_path / "emb")), EngineConf())
+
+
+def test_an_output_the_run_may_not_write_is_exit_2(tmp_path):
+    """Before: exit 1, `failed: PermissionError`, which a scheduler retries to no end."""
+    write(str(tmp_path / "in"), "a.txt", b"a document")
+    (tmp_path / "locked").mkdir()
+    os.chmod(tmp_path / "locked", 0o555)
+    command = [*HEADRACE, "submit", os.path.join(ROOT, "pipelines", "doc_embeddings.py"), "--master", "local[1]",
+               "--conf", f"input={tmp_path / 'in'}", "--conf", f"output={tmp_path / 'locked' / 'out'}",
+               "--conf", "headrace.progress=false"]
+    if os.geteuid() == 0:
+        command = [*AS_IF_NOT_ROOT, *command]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    finally:
+        os.chmod(tmp_path / "locked", 0o755)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.splitlines()[-1] == (
+        f"headrace: error: cannot write the output at {tmp_path / 'locked' / 'out'}: Permission denied")
