@@ -49,7 +49,7 @@ class SyntheticFiles(Files):
 
     count: int = 0
 
-    def listing(self) -> Listing:
+    def listing(self, exclude: str | None = None) -> Listing:
         uris = [f"{self.url}/doc-{i:08d}.txt" for i in range(self.count)]
         table = pa.table({self.id_column: [stable_id(u) for u in uris], "source": uris}, schema=self.schema)
         return Listing(table, pa.nulls(self.count, pa.int64()))

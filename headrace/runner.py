@@ -33,7 +33,6 @@ from headrace.manifest import build_manifest
 from headrace.part_writer import PartWriter
 from headrace.pipeline import Pipeline
 from headrace.placement import Master, place, use_ray_token_if_available
-from headrace.source import Listing
 
 log = logging.getLogger("headrace")
 
@@ -200,7 +199,7 @@ def list_inputs(pipeline: Pipeline, engine: EngineConf) -> Inputs:
     """The input records, with a warning where there are none and that is allowed, and
     one where the input matched files of a type the source does not read (a `.pdf` among
     documents, a `.jsonl.zst` among table files): those are named, never passed over in
-    silence. What lies under the output is neither (``outside_output``).
+    silence. What lies under the output is neither (``Files.listing``'s ``exclude``).
 
     Where the source knows the inputs' sizes, they come largest first: the run ends on
     its smallest inputs, so that the last batches, which some actors finish while the
@@ -210,7 +209,7 @@ def list_inputs(pipeline: Pipeline, engine: EngineConf) -> Inputs:
     try:
         if not hasattr(source, "listing"):
             return Inputs(source.list(), [])
-        listing = outside_output(source.listing(), pipeline.sink.url)
+        listing = source.listing(exclude=pipeline.sink.url)
     except NoInputs as exc:
         if not engine.allow_empty_input:
             raise NoInputs(
@@ -226,26 +225,6 @@ def list_inputs(pipeline: Pipeline, engine: EngineConf) -> Inputs:
         inputs.warnings.append(ignored_warning(source, inputs.ignored))
         log.warning(inputs.warnings[-1])
     return inputs
-
-
-def outside_output(listing: Listing, output: str) -> Listing:
-    """The listing without what lies under the output (``--conf input=data --conf
-    output=data/emb``): a run never reads what runs write, nor reports it as ignored. A
-    table job's input folder holding its output would otherwise take its own Parquet
-    files of earlier dates as input, more of them every night."""
-    prefix = output.rstrip("/") + "/"
-    ignored = tuple(uri for uri in listing.ignored if not uri.startswith(prefix))
-    if "source" not in listing.records.column_names:
-        return Listing(listing.records, listing.sizes, ignored)
-    keep = pc.invert(pc.starts_with(listing.records.column("source"), prefix))
-    if pc.all(keep).as_py() is not False:
-        return Listing(listing.records, listing.sizes, ignored)
-    records = listing.records.filter(keep)
-    sizes = listing.sizes.filter(keep) if len(listing.sizes) == len(keep) else listing.sizes
-    if not records.num_rows:
-        raise NoInputs(f"every file the input matched lies under the output {output}: a run does not read "
-                       f"what runs write")
-    return Listing(records, sizes, ignored)
 
 
 def ignored_summary(ignored: tuple[str, ...], examples: int = 5) -> dict:

@@ -68,20 +68,31 @@ class Files:
         """The input records, in a stable order. Raises ConfigError when nothing matches."""
         return self.listing().records
 
-    def listing(self) -> Listing:
-        """The input records, each file's size, and the files of other types the URL matched."""
+    def listing(self, exclude: str | None = None) -> Listing:
+        """The input records, each file's size, and the files of other types the URL matched.
+
+        Nothing under ``exclude`` (the run's output, a URL) is either: where the output lies
+        inside the input folder (``input=data``, ``output=data/emb``), a run never reads what
+        runs write (a table job would otherwise take its own Parquet files of earlier dates
+        as input, more every night), nor reports it as ignored."""
         try:
             fs, path = fsspec.core.url_to_fs(self.url)
         except (ImportError, ValueError) as exc:
             raise ConfigError(f"input {self.given!r}: {exc}") from exc
         fs.invalidate_cache()  # a filesystem instance is shared in a process: list afresh
         candidates = retrying(lambda: self._candidates(fs, path), 5, 0.2, f"list {self.url}")
+        output = 0
+        if exclude:
+            prefix = exclude.rstrip("/") + "/"
+            kept = {p: size for p, size in candidates.items() if not fs.unstrip_protocol(p).startswith(prefix)}
+            output, candidates = len(candidates) - len(kept), kept
         matched = sorted(p for p in candidates if self._wanted(p))
         sizes = pa.array([candidates[p] for p in matched], pa.int64())
         if not matched:
             wanted = "/".join(self.extensions) + " " if self.extensions else ""
             ignored = f" ({len(candidates)} other files ignored)" if candidates else ""
-            raise NoInputs(f"input {self.given!r} matched no {wanted}files{ignored}")
+            under = f" (and {output} under the output, which a run never reads)" if output else ""
+            raise NoInputs(f"input {self.given!r} matched no {wanted}files{ignored}{under}")
         uris = [fs.unstrip_protocol(p) for p in matched]
         records = pa.table({self.id_column: [stable_id(u) for u in uris], "source": uris}, schema=self.schema)
         ignored = tuple(fs.unstrip_protocol(p) for p in sorted(set(candidates) - set(matched)))

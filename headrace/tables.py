@@ -118,10 +118,11 @@ class Tables:
     def list(self) -> pa.Table:
         return self.listing().records
 
-    def listing(self) -> Listing:
+    def listing(self, exclude: str | None = None) -> Listing:
         """Every split, in a stable order, and its size in bytes (a row group's uncompressed
-        size; a text split's byte range); and the files of no table format the URL matched."""
-        files = Files(self.url, extensions=tuple(FORMATS)).listing()
+        size; a text split's byte range); and the files of no table format the URL matched.
+        Nothing under ``exclude`` (the run's output) is read, not even a footer (Files.listing)."""
+        files = Files(self.url, extensions=tuple(FORMATS)).listing(exclude)
         files, sizes, ignored = files.records, files.sizes, files.ignored
         rows, split_sizes = [], []
         fs, _ = fsspec.core.url_to_fs(self.url)

@@ -111,7 +111,7 @@ def test_an_output_inside_the_input_folder_is_never_read_as_input(tmp_path):
     assert tables.ignored == {"files": 1, "by_extension": {".txt": 1}, "examples": [f"file://{tmp_path}/page.txt"]}
     docs = list_inputs(doc_embeddings(input=str(tmp_path), output=str(tmp_path / "emb")), EngineConf())
     assert sources(docs) == [f"{tmp_path}/page.txt"] and docs.ignored["by_extension"] == {".jsonl": 1}
-    with pytest.raises(headrace.ConfigError, match="lies under the output"):
+    with pytest.raises(headrace.ConfigError, match=r"and 1 under the output, which a run never reads"):
         list_inputs(table_embeddings(input=str(earlier), output=str(tmp_path / "emb")), EngineConf())
 
 
