@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import posixpath
-from typing import Sequence
-
 from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
 
 import fsspec
 import pyarrow as pa
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem as LocalFileSystemSpec
 from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
 
-from headrace.storage import is_local, parquet_table
+from headrace.storage import parquet_table
 
 MANIFEST = "_SUCCESS"
 READ_THREADS = 8  # files read at once: on a bucket each is a request or a few
@@ -56,10 +55,16 @@ def dataset(output: str, ds: str | None = None, storage_options: dict | None = N
     threads after it has returned, which aborts a process that exits at that moment
     (apache/arrow#34314); ``read`` avoids the scanner altogether."""
     fs, root, files = committed_files(output, ds, storage_options)
-    filesystem = LocalFileSystem() if is_local(fs) else PyFileSystem(FSSpecHandler(fs))
+    filesystem = LocalFileSystem() if _plain_local(fs) else PyFileSystem(FSSpecHandler(fs))
     partitioning = pads.partitioning(pa.schema([("ds", pa.string())]), flavor="hive")
     return pads.dataset([path for _, path in files], filesystem=filesystem, format="parquet",
                         partitioning=partitioning, partition_base_dir=root)
+
+
+def _plain_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """Plain local files, which Arrow reads itself (a subclass of fsspec's local filesystem
+    may do more than read files, and keeps its own reads)."""
+    return type(fs) is LocalFileSystemSpec
 
 
 def partition_status(output: str, ds: str, storage_options: dict | None = None) -> tuple[bool, str]:
@@ -98,7 +103,7 @@ def read(output: str, ds: str | None = None, columns: Sequence[str] | None = Non
     wanted = list(columns) if columns else None
     stored = [name for name in wanted if name != "ds"] if wanted else None
 
-    local = type(fs) is LocalFileSystemSpec  # plain local files: Arrow's own reader, only the columns asked for
+    local = _plain_local(fs)  # Arrow's own reader, only the columns asked for
 
     def one(item: tuple[str, str]) -> pa.Table:
         date, path = item

@@ -99,18 +99,16 @@ class Files:
         return Listing(records, sizes, ignored)
 
     def _candidates(self, fs, path: str) -> dict[str, int | None]:
-        # fsspec's walk skips a directory whose listing fails unless told to raise: that
-        # would silently leave its files out of the run. Object stores list a prefix flat,
-        # page by page (one request per 1,000 objects, none per object), and raise on a
-        # failed page; their find() takes no on_error.
+        # A local folder is walked here (links followed, an unreadable folder an error:
+        # fsspec's find passes over both). Object stores list a prefix flat, page by page
+        # (one request per 1,000 objects, none per object), and raise on a failed page.
         if is_local(fs):
             return _local_files(fs, path, self.given)
-        walk = {"on_error": "raise"} if is_local(fs) else {}
         if any(ch in path for ch in GLOB_CHARS):
-            found = fs.glob(path, detail=True, **walk)
+            found = fs.glob(path, detail=True)
             return {p: info.get("size") for p, info in found.items() if info.get("type") != "directory"}
         if fs.isdir(path):
-            return {p: info.get("size") for p, info in fs.find(path, detail=True, **walk).items() if not _hidden(p, path)}
+            return {p: info.get("size") for p, info in fs.find(path, detail=True).items() if not _hidden(p, path)}
         if fs.exists(path):
             return {path: fs.size(path)}
         raise ConfigError(f"input {self.given!r} does not exist")
