@@ -146,6 +146,9 @@ def test_demo_data_writes_documents_and_images(tmp_path):
         n for n in names if n.startswith("broken/"))
     data = pq.read_table(str(tmp_path / "out" / "ds=2026-11-21"))
     assert len(set(data.column("doc_id").to_pylist())) == 9
+    # The images beside the documents are named as files the doc job does not read.
+    assert "ignored      26 file(s) of a type it does not read (.bmp 3, .gif 3, .jpeg 3, .jpg 5, .png 9, .webp 3)" \
+        in run.stdout, run.stdout
 
 
 def test_object_store_memory_sizes_a_local_ray(tmp_path):
