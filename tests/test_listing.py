@@ -12,6 +12,19 @@ from headrace.source import Files
 from headrace.tables import Tables
 
 
+def doc_job_as_if_not_root(folder, mode, *args):
+    """`headrace submit` of the doc job with ``folder`` at ``mode`` for its run, as a user
+    without root's capabilities (root reads and writes whatever the mode says)."""
+    command = [*HEADRACE, "submit", os.path.join(ROOT, "pipelines", "doc_embeddings.py"), "--master", "local[1]", *args]
+    if os.geteuid() == 0:
+        command = [*AS_IF_NOT_ROOT, *command]
+    os.chmod(folder, mode)
+    try:
+        return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    finally:
+        os.chmod(folder, 0o755)
+
+
 def sources(listing):
     return [uri.removeprefix("file://") for uri in listing.records.column("source").to_pylist()]
 
@@ -76,15 +89,8 @@ def test_an_unreadable_folder_in_the_input_is_exit_2_not_left_out(tmp_path):
     folder = tmp_path / "in"
     write(str(folder), "a.txt", b"a readable document")
     write(str(folder / "secret"), "b.txt", b"a document in a folder nobody may list")
-    os.chmod(folder / "secret", 0)
-    command = [*HEADRACE, "submit", os.path.join(ROOT, "pipelines", "doc_embeddings.py"), "--master", "local[1]",
-               "--dry-run", "--conf", f"input={folder}", "--conf", f"output={tmp_path / 'out'}"]
-    if os.geteuid() == 0:
-        command = [*AS_IF_NOT_ROOT, *command]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
-    finally:
-        os.chmod(folder / "secret", 0o755)
+    result = doc_job_as_if_not_root(folder / "secret", 0, "--dry-run", "--conf", f"input={folder}",
+                                    "--conf", f"output={tmp_path / 'out'}")
     assert result.returncode == 2, result.stderr
     assert f"input folder {folder}/secret cannot be listed: Permission denied" in result.stderr.splitlines()[-1]
 
@@ -119,16 +125,8 @@ def test_an_output_the_run_may_not_write_is_exit_2(tmp_path):
     """Before: exit 1, `failed: PermissionError`, which a scheduler retries to no end."""
     write(str(tmp_path / "in"), "a.txt", b"a document")
     (tmp_path / "locked").mkdir()
-    os.chmod(tmp_path / "locked", 0o555)
-    command = [*HEADRACE, "submit", os.path.join(ROOT, "pipelines", "doc_embeddings.py"), "--master", "local[1]",
-               "--conf", f"input={tmp_path / 'in'}", "--conf", f"output={tmp_path / 'locked' / 'out'}",
-               "--conf", "headrace.progress=false"]
-    if os.geteuid() == 0:
-        command = [*AS_IF_NOT_ROOT, *command]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    finally:
-        os.chmod(tmp_path / "locked", 0o755)
+    result = doc_job_as_if_not_root(tmp_path / "locked", 0o555, "--conf", f"input={tmp_path / 'in'}",
+                                    "--conf", f"output={tmp_path / 'locked' / 'out'}", "--conf", "headrace.progress=false")
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.splitlines()[-1] == (
         f"headrace: error: cannot write the output at {tmp_path / 'locked' / 'out'}: Permission denied")
