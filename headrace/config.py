@@ -180,7 +180,7 @@ def resolve(
             sources[key] = origin
 
     if properties_file:
-        apply(_read_properties(properties_file), f"properties file {properties_file}")
+        apply(_read_properties(properties_file, known), f"properties file {properties_file}")
     apply(_from_env(known, environ, factory.name), "environment")
     apply(conf or {}, "--conf")
     apply({k: v for k, v in (flags or {}).items() if v is not None}, "flag")
@@ -246,7 +246,7 @@ def _from_env(known: Mapping[str, Any], environ: Mapping[str, str], pipeline: st
     return {key: environ[variable] for variable, key in names.items() if variable in environ}
 
 
-def _read_properties(path: str) -> dict[str, Any]:
+def _read_properties(path: str, known: Mapping[str, Any] = {}) -> dict[str, Any]:
     try:
         with open(path) as handle:
             data = yaml.safe_load(handle) or {}
@@ -256,14 +256,16 @@ def _read_properties(path: str) -> dict[str, Any]:
         raise ConfigError(f"properties file {path!r} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"properties file {path!r} must hold a mapping of KEY: VALUE")
-    return _flatten(data)
+    return _flatten(data, known)
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(data: Mapping[str, Any], known: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys (`headrace: {master: ...}` is `headrace.master`); a
+    mapping under a key that is a setting itself (`headrace.storage_options`) is its value."""
     out = {}
     for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
+        if isinstance(value, dict) and f"{prefix}{key}" not in known:
+            out.update(_flatten(value, known, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -281,6 +283,8 @@ def _coerce(key: str, value: Any, hint: Any, origin: str) -> Any:
             return None
         raise ConfigError(f"conf {key} (from {origin}) may not be empty")
     if target in (Any, str) or target is None:
+        if target is str and isinstance(value, (dict, list)):
+            return json.dumps(value)  # a YAML mapping given for a JSON setting (storage_options)
         return value if target is Any else str(value)
     try:
         if target is bool:

@@ -5,7 +5,7 @@ import datetime as dt
 import pytest
 
 from headrace import loader
-from headrace.config import default_ds, parse_bytes, resolve
+from headrace.config import default_ds, parse_bytes, parse_storage_options, redacted, resolve
 from headrace.errors import ConfigError
 
 
@@ -43,6 +43,24 @@ def test_unknown_keys_name_what_is_known(factory, tmp_path):
     properties = tmp_path / "job.yaml"
     properties.write_text("headrace:\n  masterr: local\n")
     with pytest.raises(ConfigError, match=r"unknown conf key 'headrace.masterr' \(from properties file"):
+        resolve(factory, properties_file=str(properties), environ={})
+
+
+def test_storage_options_as_a_yaml_mapping_in_a_properties_file(factory, tmp_path):
+    """The natural YAML form, a mapping under headrace.storage_options, is its value (it was
+    taken for keys `headrace.storage_options.s3.endpoint_url` and refused as unknown)."""
+    properties = tmp_path / "job.yaml"
+    properties.write_text("headrace:\n  storage_options:\n    s3:\n      endpoint_url: http://minio:9000\n"
+                          "      anon: true\n    gs:\n      project: p\n")
+    conf = resolve(factory, properties_file=str(properties), environ={})
+    expected = {"s3": {"endpoint_url": "http://minio:9000", "anon": True}, "gs": {"project": "p"}}
+    assert parse_storage_options(conf.engine.storage_options) == expected
+    as_json = resolve(factory, conf={"headrace.storage_options": '{"s3": {"endpoint_url": "http://minio:9000", '
+                                     '"anon": true}, "gs": {"project": "p"}}'}, environ={})
+    assert parse_storage_options(as_json.engine.storage_options) == expected
+    assert redacted(conf.engine.storage_options) == {"s3": {"endpoint_url": "***", "anon": "***"}, "gs": {"project": "***"}}
+    properties.write_text("headrace:\n  storage_options:\n    s3: http://minio:9000\n")
+    with pytest.raises(ConfigError, match="must map each protocol to its options"):
         resolve(factory, properties_file=str(properties), environ={})
 
 
