@@ -17,9 +17,10 @@ import click
 
 from headrace import config as conf_mod
 from headrace import loader, native_stderr
-from headrace.errors import ConfigError, HeadraceError, Terminated, raise_terminated
+from headrace.errors import ConfigError, HeadraceError, StageBroken, Terminated, raise_terminated
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_QUALITY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+BROKEN = "broken stage"  # a backfill date's status when a stage was broken; the backfill stops there
 
 
 def _exits(command):
@@ -306,6 +307,8 @@ def backfill(pipeline, start, end, master, conf_pairs, properties_file, name, nu
             break
         if fail_fast and results[-1]["exit"] not in (0, None):
             break
+        if results[-1]["status"] == BROKEN:  # a bug, not a bad date: every later date would hit it too
+            break
     click.echo(_backfill_table(results, len(days)))
     code = EXIT_INTERRUPTED if interrupted else _backfill_exit(results, len(days))
     if report:
@@ -343,7 +346,8 @@ def _backfill_one(factory, run_conf, built, skip_committed, dry_run) -> dict:
     except HeadraceError as exc:
         click.echo(f"headrace: ds={run_conf.ds}: error: {exc}", err=True)
         counts = (getattr(exc, "manifest", None) or {}).get("counts") or {}
-        row.update(exit=exc.exit_code, status={2: "invalid", 3: "refused"}.get(exc.exit_code, "failed"),
+        status = BROKEN if isinstance(exc, StageBroken) else {2: "invalid", 3: "refused"}.get(exc.exit_code, "failed")
+        row.update(exit=exc.exit_code, status=status,
                    reason=str(exc).splitlines()[0], rows=counts.get("output"), quarantined=counts.get("quarantined"))
     except Exception as exc:  # noqa: BLE001 - one date's crash is that date's failure
         lines = str(exc).strip().splitlines()
@@ -364,7 +368,10 @@ def _backfill_table(results: list[dict], planned: int) -> str:
         lines.append(f"  {r['ds']:<10}  {show(r['exit']):>4}  {show(r['rows']):>10}  {show(r['quarantined']):>11}  "
                      f"{r['seconds']:>7.1f}  {r['status']}" + (f": {r['reason']}" if r["reason"] else ""))
     if len(results) < planned:
-        why = results[-1]["status"] if results and results[-1]["exit"] == EXIT_INTERRUPTED else "--fail-fast"
+        last = results[-1] if results else {}
+        why = (last["status"] if last.get("exit") == EXIT_INTERRUPTED
+               else "a broken stage stops a backfill; fix it and run the backfill again" if last.get("status") == BROKEN
+               else "--fail-fast")
         lines.append(f"  (stopped after {len(results)} of {planned} dates: {why})")
     return "\n".join(lines)
 

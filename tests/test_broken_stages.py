@@ -76,6 +76,25 @@ def test_a_model_folder_that_does_not_exist_stops_the_run_naming_it(tmp_path):
     assert not os.path.exists(tmp_path / "out" / f"ds={DS}")
 
 
+def test_a_broken_stage_stops_a_backfill_at_its_first_date(tmp_path):
+    """Before, a backfill went on to the next date after a broken stage, failing every
+    date the same way (a Ray start, a listing and a model load each)."""
+    write(str(tmp_path / "in"), "doc.txt", b"a short document")
+    report = tmp_path / "backfill.json"
+    result = subprocess.run(
+        [*HEADRACE, "backfill", MISSING_MODEL, "--start", "2026-10-01", "--end", "2026-10-03", "--master", "local[2]",
+         "--conf", f"input={tmp_path / 'in'}", "--conf", f"output={tmp_path / 'out'}",
+         "--conf", f"model={tmp_path / 'no-such-model'}", "--conf", "headrace.progress=false", "--report", str(report)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    dates = json.loads(report.read_text())["dates"]
+    assert [(d["ds"], d["exit"], d["status"]) for d in dates] == [("2026-10-01", 1, "broken stage")]
+    assert "stage EmbedText failed in setup()" in dates[0]["reason"]
+    assert "stopped after 1 of 3 dates: a broken stage stops a backfill" in result.stdout
+    assert not any(n.startswith("ds=") for n in os.listdir(tmp_path / "out"))  # nothing published
+
+
 class RejectedEverywhere(Stage):
     """Embeddings of norm 2: the doc-embeddings schema rejects every row."""
 
