@@ -183,8 +183,10 @@ def _dry_run(built, run_conf, report, known):
 
         ray_adapter.check_master(master.address)
     from headrace.runner import list_inputs
+    from headrace.storage import check_writable
 
     listed = list_inputs(built, run_conf.engine)  # its warnings are logged
+    check_writable(built.sink.storage(), built.sink.root(run_conf.ds))
     click.echo(built.explain())
     ignored = f", {listed.ignored['files']:,} ignored (see the warning)" if listed.ignored else ""
     click.echo(f"dry run: ds={run_conf.ds}, master {run_conf.engine.master} answers, "

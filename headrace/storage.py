@@ -11,10 +11,12 @@ Object stores have no rename: there a "rename" is a server-side copy and a delet
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import posixpath
+import tempfile
 import uuid
 from typing import Any, Callable, TypeVar
 
@@ -40,6 +42,26 @@ def absolute_url(url: str, what: str = "path") -> str:
     if protocol in (None, "file", "local"):
         return "file://" + os.path.abspath(os.path.expanduser(path))
     return url
+
+
+def check_writable(storage: "Storage", path: str, what: str = "output") -> None:
+    """A local ``path`` a run could not write is configuration (exit 2), found before Ray
+    starts and by --dry-run: a file where a folder is needed, or a nearest existing folder
+    this user may not write in (probed with an unnamed temporary file, which leaves
+    nothing behind). A bucket's permissions are found at the run's first write."""
+    if not storage.local:
+        return
+    folder = path
+    while not os.path.lexists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ConfigError(f"cannot write the {what} at {path}: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise ConfigError(f"cannot write the {what} at {path}: {exc.strerror} (in {folder})") from None
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:

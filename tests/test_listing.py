@@ -1,6 +1,7 @@
 """Listing a local input: every file the user pointed at is an input, or named as ignored;
 none is left out unsaid, and none is an input twice."""
 
+import json
 import os
 import subprocess
 
@@ -121,12 +122,29 @@ def test_an_output_inside_the_input_folder_is_never_read_as_input(tmp_path):
         list_inputs(table_embeddings(input=str(earlier), output=str(tmp_path / "emb")), EngineConf())
 
 
-def test_an_output_the_run_may_not_write_is_exit_2(tmp_path):
-    """Before: exit 1, `failed: PermissionError`, which a scheduler retries to no end."""
+def test_an_output_the_run_may_not_write_is_exit_2_before_ray_starts_and_in_a_dry_run(tmp_path):
+    """Before: exit 1, `failed: PermissionError` (or NotADirectoryError where a file is in
+    the way), which a scheduler retries to no end; then exit 2, but only at the lock,
+    after Ray had started, and a dry run said nothing."""
     write(str(tmp_path / "in"), "a.txt", b"a document")
     (tmp_path / "locked").mkdir()
-    result = doc_job_as_if_not_root(tmp_path / "locked", 0o555, "--conf", f"input={tmp_path / 'in'}",
-                                    "--conf", f"output={tmp_path / 'locked' / 'out'}", "--conf", "headrace.progress=false")
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert result.stderr.splitlines()[-1] == (
-        f"headrace: error: cannot write the output at {tmp_path / 'locked' / 'out'}: Permission denied")
+    common = ("--conf", f"input={tmp_path / 'in'}", "--conf", f"output={tmp_path / 'locked' / 'out'}",
+              "--conf", "headrace.progress=false", "--report", str(tmp_path / "report.json"))
+    for dry_run in ((), ("--dry-run",)):
+        result = doc_job_as_if_not_root(tmp_path / "locked", 0o555, *common, *dry_run)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert result.stderr.splitlines()[-1] == (f"headrace: error: cannot write the output at "
+                                                  f"{tmp_path / 'locked' / 'out'}: Permission denied (in {tmp_path / 'locked'})")
+        report = json.loads((tmp_path / "report.json").read_text())
+        assert report["status"] == "invalid"
+        assert report["exit_code"] == 2 and "Permission denied" in report["reason"]
+    (tmp_path / "afile").write_text("a file where the output's folder would go")
+    for output in (tmp_path / "afile", tmp_path / "afile" / "out"):
+        in_the_way = subprocess.run(
+            [*HEADRACE, "submit", os.path.join(ROOT, "pipelines", "doc_embeddings.py"), "--dry-run",
+             "--conf", f"input={tmp_path / 'in'}", "--conf", f"output={output}"],
+            capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert in_the_way.returncode == 2, in_the_way.stderr[-3000:]
+        assert in_the_way.stderr.splitlines()[-1] == (
+            f"headrace: error: cannot write the output at {output}: {tmp_path / 'afile'} is a file, not a folder")
+    assert not (tmp_path / "locked" / "out").exists() and not os.listdir(tmp_path / "locked")
