@@ -328,6 +328,7 @@ def _backfill_one(factory, run_conf, built, skip_committed, dry_run) -> dict:
     """One date of a backfill: its outcome as a row of the final table."""
     from headrace.report import summary
     from headrace.runner import committed_as_configured, list_inputs, run
+    from headrace.storage import check_writable
 
     row = {"ds": run_conf.ds, "exit": None, "status": "", "rows": None, "quarantined": None, "seconds": 0.0,
            "reason": None}
@@ -337,6 +338,7 @@ def _backfill_one(factory, run_conf, built, skip_committed, dry_run) -> dict:
             row.update(status="skipped (committed, same configuration)", exit=0)
         elif dry_run:
             listed = list_inputs(built, run_conf.engine)
+            check_writable(built.sink.storage(), built.sink.root(run_conf.ds))
             ignored = f" ({listed.ignored['files']:,} ignored)" if listed.ignored else ""
             row.update(status=f"would run: {listed.records.num_rows:,} input files{ignored}", exit=0)
         else:

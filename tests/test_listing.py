@@ -147,4 +147,9 @@ def test_an_output_the_run_may_not_write_is_exit_2_before_ray_starts_and_in_a_dr
         assert in_the_way.returncode == 2, in_the_way.stderr[-3000:]
         assert in_the_way.stderr.splitlines()[-1] == (
             f"headrace: error: cannot write the output at {output}: {tmp_path / 'afile'} is a file, not a folder")
+    backfill = subprocess.run(
+        [*HEADRACE, "backfill", os.path.join(ROOT, "pipelines", "doc_embeddings.py"), "--dry-run", "--start",
+         "2026-11-01", "--end", "2026-11-02", "--conf", f"input={tmp_path / 'in'}", "--conf", f"output={output}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert backfill.returncode == 2 and backfill.stdout.count("is a file, not a folder") == 2, backfill.stdout
     assert not (tmp_path / "locked" / "out").exists() and not os.listdir(tmp_path / "locked")
