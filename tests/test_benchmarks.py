@@ -27,18 +27,18 @@ def test_gpu_check_rehearses_on_cpu(tmp_path):
     for name in model_files(default_model_path()):
         shutil.copy(os.path.join(default_model_path(), name), config)
     done = subprocess.run(
-        [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--rows", "128", "--docs", "20",
+        [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--rows", "64", "--docs", "8",
          "--work", str(tmp_path), "--model", str(config), "--random-weights", "--results", str(tmp_path / "gpu.md")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = {line.split(":", 1)[0]: line.split(":", 1)[1] for line in done.stdout.splitlines() if line.startswith(("stage vs bare:", "doc-embeddings:"))}
     stage = json.loads(lines["stage vs bare"])
-    assert stage["rows"] == 128 and stage["stage_rows_s"] > 0 and stage["bare_rows_s"] > 0
+    assert stage["rows"] == 64 and stage["stage_rows_s"] > 0 and stage["bare_rows_s"] > 0
     job = json.loads(lines["doc-embeddings"])
     manifest = json.load(open(tmp_path / "report-gpu-cpu.json"))
     assert manifest["status"] == "committed" and job["rows"] == manifest["counts"]["output"] > 0
     assert "GPU check (rehearsal on CPU)" in done.stdout
     section = (tmp_path / "gpu.md").read_text()
-    assert "random weights" in section and "doc-embeddings, 20 docs" in section
+    assert "random weights" in section and "doc-embeddings, 8 docs" in section
     assert open(results).read() == before  # a rehearsal records nothing

@@ -61,31 +61,30 @@ def test_doc_embeddings_from_bucket_to_bucket_equal_a_local_run(request, corpus,
             fs.pipe_file(f"hr-in-{protocol}/docs/{relative}", open(os.path.join(path, name), "rb").read())
     source, output = f"{protocol}://hr-in-{protocol}/docs", f"{protocol}://hr-out-{protocol}/emb"
 
-    # On S3 a second run replaces the first, leaving nothing of it (the publish path is the
-    # same code on every store; one run on gs:// keeps the suite short).
-    for attempt in range(2 if protocol == "s3" else 1):
-        result = submit(DOC_EMBEDDINGS, f"input={source}", f"output={output}", "embed_precision=fp32")
-        assert result.returncode == 0, result.stderr[-3000:]
-        committed = headrace.read(output, ds=DS)
-        names, vectors = by_chunk(committed)
-        local_names, local_vectors = by_chunk(local)
-        assert names == local_names
-        assert np.allclose(vectors, local_vectors, atol=1e-5)
-        fs.invalidate_cache()
-        partition = f"hr-out-{protocol}/emb/ds={DS}"
-        manifest = json.loads(fs.cat_file(f"{partition}/_SUCCESS"))
-        listed = {f["path"] for f in manifest["files"]} | {"_SUCCESS"}
-        assert {posixpath.basename(p) for p in fs.ls(partition, detail=False)} == listed
-        assert manifest["run_id"] in next(iter(listed - {"_SUCCESS"}))
-        quarantine = f"hr-out-{protocol}/emb/_quarantine/ds={DS}"
-        assert {posixpath.basename(p) for p in fs.ls(quarantine, detail=False)} == set(manifest["quarantine_files"])
-        assert manifest["counts"]["input_quarantined_only"] == 2 and manifest["output"] == output
-        reasons = sorted((os.path.basename(r["source"]), r["error_type"]) for name in manifest["quarantine_files"]
-                         for r in pq.read_table(f"{quarantine}/{name}", filesystem=PyFileSystem(FSSpecHandler(fs))).to_pylist())
-        local_quarantine = pq.read_table(str(directory / "out" / "_quarantine" / f"ds={DS}")).to_pylist()
-        assert reasons == sorted((os.path.basename(r["source"]), r["error_type"]) for r in local_quarantine)
-        assert ("empty.txt", "EmptyDocument") in reasons
-        assert not fs.exists(f"hr-out-{protocol}/emb/_staging/ds={DS}")
+    # A second run that replaces the first on a bucket, leaving nothing of it, is the S3
+    # kill test's resumed run below (the publish path is the same code on every store).
+    result = submit(DOC_EMBEDDINGS, f"input={source}", f"output={output}", "embed_precision=fp32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    committed = headrace.read(output, ds=DS)
+    names, vectors = by_chunk(committed)
+    local_names, local_vectors = by_chunk(local)
+    assert names == local_names
+    assert np.allclose(vectors, local_vectors, atol=1e-5)
+    fs.invalidate_cache()
+    partition = f"hr-out-{protocol}/emb/ds={DS}"
+    manifest = json.loads(fs.cat_file(f"{partition}/_SUCCESS"))
+    listed = {f["path"] for f in manifest["files"]} | {"_SUCCESS"}
+    assert {posixpath.basename(p) for p in fs.ls(partition, detail=False)} == listed
+    assert manifest["run_id"] in next(iter(listed - {"_SUCCESS"}))
+    quarantine = f"hr-out-{protocol}/emb/_quarantine/ds={DS}"
+    assert {posixpath.basename(p) for p in fs.ls(quarantine, detail=False)} == set(manifest["quarantine_files"])
+    assert manifest["counts"]["input_quarantined_only"] == 2 and manifest["output"] == output
+    reasons = sorted((os.path.basename(r["source"]), r["error_type"]) for name in manifest["quarantine_files"]
+                     for r in pq.read_table(f"{quarantine}/{name}", filesystem=PyFileSystem(FSSpecHandler(fs))).to_pylist())
+    local_quarantine = pq.read_table(str(directory / "out" / "_quarantine" / f"ds={DS}")).to_pylist()
+    assert reasons == sorted((os.path.basename(r["source"]), r["error_type"]) for r in local_quarantine)
+    assert ("empty.txt", "EmptyDocument") in reasons
+    assert not fs.exists(f"hr-out-{protocol}/emb/_staging/ds={DS}")
 
 
 def test_on_s3_a_second_run_of_the_date_is_turned_away_and_a_killed_run_resumes(s3_server, ray_cluster, tmp_path):
@@ -97,7 +96,7 @@ def test_on_s3_a_second_run_of_the_date_is_turned_away_and_a_killed_run_resumes(
         for name in os.listdir(tmp_path / folder):
             fs.pipe_file(f"hr-lines-in/{folder}/{name}", (tmp_path / folder / name).read_bytes())
     output = "s3://hr-lines-out/lines"
-    headrace.run(headrace_pipeline("s3://hr-lines-in/small", output), DS, QUIET)
+    first_run = headrace.run(headrace_pipeline("s3://hr-lines-in/small", output), DS, QUIET).manifest["run_id"]
     before = headrace.read(output, ds=DS).to_pylist()
 
     conf = ("input=s3://hr-lines-in/large", f"output={output}", "delay=0.25")
@@ -136,8 +135,10 @@ def test_on_s3_a_second_run_of_the_date_is_turned_away_and_a_killed_run_resumes(
     fs.invalidate_cache()
     manifest = json.loads(fs.cat_file(f"hr-lines-out/lines/ds={DS}/_SUCCESS"))
     assert 0 < manifest["resume"]["inputs_resumed"] < 40
+    # The resumed run replaced the small corpus's partition: nothing of that run is left.
     listed = {f["path"] for f in manifest["files"]} | {"_SUCCESS"}
     assert {posixpath.basename(p) for p in fs.ls(f"hr-lines-out/lines/ds={DS}", detail=False)} == listed
+    assert manifest["run_id"] != first_run and not any(first_run in name for name in listed)
 
 
 def test_throttling_and_resets_on_every_kind_of_request_are_retried(s3_server, ray_cluster, tmp_path):
