@@ -180,6 +180,7 @@ def test_an_empty_input_commits_an_empty_partition_when_allowed(tmp_path):
 def test_backfill_goes_on_past_a_failed_date_skips_committed_ones_and_sums_up(tmp_path):
     for day in ("2026-11-03", "2026-11-05"):
         write(str(tmp_path / "in" / day), "a.txt", b"one two three")
+    write(str(tmp_path / "in" / "2026-11-05"), "b.txt", b"please explode now")  # the pipeline file's stage quarantines it
     report = tmp_path / "backfill.json"
     common = ["backfill", WORD_COUNT, "--start", "2026-11-03", "--end", "2026-11-05", "--master", "local[1]",
               "--conf", f"input={tmp_path}/in/{{ds}}", "--conf", f"output={tmp_path}/out",
@@ -191,6 +192,9 @@ def test_backfill_goes_on_past_a_failed_date_skips_committed_ones_and_sums_up(tm
     assert "2026-11-04" in first.stderr and "does not exist" in dates["2026-11-04"]["reason"]
     table = first.stdout[first.stdout.index("backfill of 3 date(s)"):]
     assert "2026-11-05" in table and "committed" in table and dates["2026-11-05"]["rows"] == 1
+    assert first.stdout.count(" committed (run ") == 2 and dates["2026-11-05"]["quarantined"] == 1
+    quarantine = pq.read_table(str(tmp_path / "out" / "_quarantine" / "ds=2026-11-05")).to_pylist()
+    assert [(q["stage"], q["message"]) for q in quarantine] == [("WordCount", "asked to explode")]
 
     write(str(tmp_path / "in" / "2026-11-04"), "a.txt", b"four five")
     dry = cli(*common, "--skip-committed", "--dry-run")

@@ -7,15 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import headrace
-from conftest import HEADRACE, QUIET, ROOT, write
+from conftest import QUIET, write
 from headrace import Files, ParquetSink, Pipeline, Stage
 from schemas.doc_embeddings import doc_embeddings_schema
 from stages.files import ReadFiles
 from stages.text import DecodeText
-
-import subprocess
-
-WORD_COUNT = os.path.join(ROOT, "tests", "fixtures", "word_count.py")
 
 
 class FakeEmbed(Stage):
@@ -67,24 +63,6 @@ def test_schema_violations_are_quarantined_with_the_failed_check(ray_cluster, tm
     assert quarantine[0]["stage"] == "schema:doc_embeddings" and quarantine[0]["error_type"] == "SchemaError"
     assert "unit_norm" in quarantine[0]["message"] and "embedding" in quarantine[0]["message"]
     assert result.counts["input_quarantined_only"] == 1
-
-
-def test_a_pipeline_file_with_its_own_stage_backfills_several_dates(tmp_path):
-    for day, words in (("2026-03-01", "one two three"), ("2026-03-02", "four five")):
-        write(str(tmp_path / "in" / day), "a.txt", words.encode())
-        write(str(tmp_path / "in" / day), "b.txt", b"please explode now")
-    result = subprocess.run(
-        [*HEADRACE, "backfill", WORD_COUNT, "--start", "2026-03-01", "--end", "2026-03-02", "--master", "local[2]",
-         "--conf", f"input={tmp_path}/in/{{ds}}", "--conf", f"output={tmp_path}/out"],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count(" committed (run ") == 2
-    for day, expected in (("2026-03-01", 3), ("2026-03-02", 2)):
-        data = pq.read_table(str(tmp_path / "out" / f"ds={day}"))
-        assert data.column("words").to_pylist() == [expected]
-        quarantine = pq.read_table(str(tmp_path / "out" / "_quarantine" / f"ds={day}")).to_pylist()
-        assert [(q["stage"], q["message"]) for q in quarantine] == [("WordCount", "asked to explode")]
 
 
 class DropEverySecond(Stage):
