@@ -102,8 +102,8 @@ class Generate(Stage):
             raise ValueError(f"engine must be 'transformers' or 'vllm', got {engine!r}")
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
-        if not temperature >= 0:  # NaN too
-            raise ValueError(f"temperature must be 0 (greedy) or more, got {temperature}")
+        if not 0 <= temperature < float("inf"):  # NaN too; at infinity every token is as likely as any other
+            raise ValueError(f"temperature must be 0 (greedy) or more, and finite, got {temperature}")
         if any(not s for s in stop):
             raise ValueError("a stop string is empty")
         self.model, self.max_new_tokens, self.temperature, self.seed = model, max_new_tokens, temperature, seed

@@ -247,12 +247,12 @@ def test_a_stop_string_ends_the_text_and_only_the_tokens_up_to_it_are_counted(bp
         Generate(folder, stop=("END", ""))
 
 
-@pytest.mark.parametrize("temperature", [-0.5, float("nan")])
+@pytest.mark.parametrize("temperature", [-0.5, float("nan"), float("inf")])
 def test_a_negative_temperature_is_a_configuration_error(temperature):
     from headrace import loader
 
     job = loader.load(os.path.join(ROOT, "pipelines", "llm_generate.py"))
-    with pytest.raises(headrace.ConfigError, match=r"temperature must be 0 \(greedy\) or more, got"):
+    with pytest.raises(headrace.ConfigError, match=r"temperature must be 0 \(greedy\) or more, and finite, got"):
         job.build(temperature=temperature)
 
 
