@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -155,12 +156,18 @@ def _schema_columns(schema: Any) -> list[str]:
 
 def _check_resources(stage: Stage) -> None:
     name = stage.stage_name
-    if stage.cpus < 0 or stage.gpus < 0:
-        raise PipelineError(f"stage {name}: cpus and gpus must not be negative")
+    if not (0 <= stage.cpus < math.inf and 0 <= stage.gpus < math.inf):  # NaN and infinity too
+        raise PipelineError(f"stage {name}: cpus and gpus must be finite numbers, not negative "
+                            f"(cpus={stage.cpus}, gpus={stage.gpus})")
     if stage.gpus > 1 and stage.gpus != int(stage.gpus):
         raise PipelineError(f"stage {name}: gpus above 1 must be a whole number, got {stage.gpus}")
     if stage.batch_size is not None and stage.batch_size < 1:
         raise PipelineError(f"stage {name}: batch_size must be at least 1")
+    # 0 was taken as "use batch_size" and a negative number as the batch size on a GPU
+    if stage.gpu_batch_size is not None and stage.gpu_batch_size < 1:
+        raise PipelineError(f"stage {name}: gpu_batch_size must be at least 1 (or None: batch_size)")
+    if stage.memory is not None and not stage.memory > 0:
+        raise PipelineError(f"stage {name}: memory must be a number of bytes above 0 (or None)")
     if stage.batch_format not in BATCH_FORMATS:
         raise PipelineError(f"stage {name}: batch_format must be one of {', '.join(BATCH_FORMATS)}")
     bounds = stage.pool_bounds()

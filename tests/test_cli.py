@@ -46,6 +46,11 @@ def small_corpus(tmp_path_factory):
         (["--conf", "headrace.max_quarantine_fraction=2"], "max_quarantine_fraction=2.0: a number from 0 to 1"),
         (["--conf", "headrace.progress_every_s=0"], "progress_every_s=0.0: more than 0 seconds"),
         (["--conf", "headrace.lock_wait_s=-1"], "lock_wait_s=-1.0: 0 (do not wait) or more seconds"),
+        # Taken before: a GPU share of NaN, a GPU batch of 0 as "batch_size" and of -5 as -5.
+        (["--conf", "embed_gpus=nan"], "cpus and gpus must be finite numbers, not negative (cpus=1.0, gpus=nan)"),
+        (["--conf", "embed_gpus=inf"], "cpus and gpus must be finite numbers, not negative"),
+        (["--conf", "embed_gpu_batch_size=0"], "gpu_batch_size must be at least 1"),
+        (["--conf", "embed_gpu_batch_size=-5"], "gpu_batch_size must be at least 1"),
         # Chunks longer than the model's positions failed in the model, one by one, on the workers.
         (["--conf", "max_tokens=513"], "max_tokens=513 is more than the model takes: 512 tokens"),
         # An unset variable in a scheduler's command: not the working directory.

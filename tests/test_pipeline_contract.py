@@ -90,6 +90,12 @@ def test_resources_are_checked():
         build([Read().with_(gpus=1)])
     with pytest.raises(AttributeError, match="no setting 'gpu'"):
         Read().with_(gpu=1)
+    for bad in (dict(cpus=float("nan")), dict(cpus=-1), dict(gpus=float("inf"))):
+        with pytest.raises(PipelineError, match="cpus and gpus must be finite numbers, not negative"):
+            build([Read(), Decode(), Model().with_(**bad)])
+    for bad in (dict(memory=0), dict(memory=-1), dict(memory=float("nan"))):
+        with pytest.raises(PipelineError, match="memory must be a number of bytes above 0"):
+            build([Read().with_(**bad)])
 
 
 def test_output_schema_follows_the_declared_contract():
