@@ -17,7 +17,7 @@ import pyarrow as pa
 from headrace import ConfigError, Pipeline, Stage, output_sink
 from headrace.tables import Tables
 from schemas.llm_generate import llm_generate_schema
-from stages.generate import Generate, TokenizePrompts
+from stages.generate import Generate, TokenizePrompts, check_generation_fits
 from stages.tables import ReadTable
 
 
@@ -91,6 +91,7 @@ def pipeline(
     Rows: record_id, prompt, generated, prompt_tokens, generated_tokens, finish_reason, model."""
     model = os.path.abspath(model) if "://" not in model else model  # workers may start elsewhere
     render = RenderPrompt(prompt_template)
+    check_generation_fits(max_new_tokens, model)
     return Pipeline(
         name="llm_generate",
         source=Tables(input, split_bytes=split_bytes),

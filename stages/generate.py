@@ -45,6 +45,27 @@ def context_length(path: str) -> int:
     raise ValueError(f"{path}: the model's config names no context length")
 
 
+def check_generation_fits(max_new_tokens: int, model: str) -> None:
+    """Refuse a ``max_new_tokens`` that leaves no room for any prompt in the model's
+    context, before any work starts: every row would be quarantined for its length.
+    Checked where the model's config.json can be read here (on a cluster the model may
+    live on the workers only)."""
+    import json
+
+    try:
+        with open(os.path.join(model, "config.json")) as handle:
+            config = json.load(handle)
+    except (OSError, ValueError):
+        return
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        context = config.get(name)
+        if isinstance(context, int) and context > 0:
+            if max_new_tokens >= context:
+                raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt: the model takes "
+                                 f"{context} tokens ({name} in {os.path.join(model, 'config.json')})")
+            return
+
+
 class TokenizePrompts(Stage):
     """``prompt`` -> ``prompt_ids`` and ``prompt_tokens``. A prompt that leaves fewer than
     ``max_new_tokens`` of the model's context is quarantined with its length."""

@@ -256,6 +256,18 @@ def test_a_negative_temperature_is_a_configuration_error(temperature):
         job.build(temperature=temperature)
 
 
+def test_max_new_tokens_that_leave_no_room_for_a_prompt_are_a_configuration_error(tiny_lm):
+    """Before, every row was quarantined for its length, on the workers, and the gate
+    refused the run (exit 3)."""
+    from headrace import loader
+
+    job = loader.load(os.path.join(ROOT, "pipelines", "llm_generate.py"))
+    with pytest.raises(headrace.ConfigError, match=rf"max_new_tokens={CONTEXT} leaves no room for a prompt: "
+                                                   rf"the model takes {CONTEXT} tokens \(max_position_embeddings in"):
+        job.build(model=tiny_lm, max_new_tokens=CONTEXT)
+    job.build(model=tiny_lm, max_new_tokens=CONTEXT - 1)  # room for a one-token prompt
+
+
 def test_a_sampled_generation_depends_on_the_prompt_and_the_seed_not_on_the_prompts_beside_it(tiny_lm, prompts_table):
     """With one generator per call, a prompt's sample changed with the prompts it shared a
     call with: a resumed run, or a run whose blocks went to the actors otherwise, sampled
