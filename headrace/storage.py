@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import posixpath
+import stat
 import tempfile
 import uuid
 from typing import Any, Callable, TypeVar
@@ -42,6 +43,30 @@ def absolute_url(url: str, what: str = "path") -> str:
     if protocol in (None, "file", "local"):
         return "file://" + os.path.abspath(os.path.expanduser(path))
     return url
+
+
+class NotARegularFile(OSError):
+    """A named pipe, socket or device where a file was listed: never opened (a pipe's open
+    waits for a writer, for ever)."""
+
+
+_SPECIAL = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"))
+
+
+def refuse_special_file(uri: str) -> None:
+    """Raise NotARegularFile where a local ``uri`` (through links) is not a regular file;
+    nothing is opened. Other stores hold only objects."""
+    protocol, path = fsspec.core.split_protocol(uri)
+    if protocol not in (None, "file", "local"):
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # a missing file or a broken link: opening it says why
+    for test, kind in _SPECIAL:
+        if test(mode):
+            raise NotARegularFile(f"{path} is {kind}, not a regular file: it is not read")
 
 
 def check_writable(storage: "Storage", path: str, what: str = "output") -> None:

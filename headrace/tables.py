@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from headrace.errors import ConfigError
 from headrace.source import Files, Listing, stable_id
-from headrace.storage import absolute_url
+from headrace.storage import absolute_url, refuse_special_file
 
 FORMATS = {
     ".parquet": "parquet", ".pq": "parquet",
@@ -164,6 +164,7 @@ def _row_groups(fs, uri: str) -> list[tuple[int, int, int, int]]:
     import pyarrow.parquet as pq
 
     try:
+        refuse_special_file(uri)
         with fs.open(fs._strip_protocol(uri), "rb") as handle:
             metadata = pq.ParquetFile(handle).metadata
     except Exception:  # noqa: BLE001 - the reader reports it, as a quarantined split

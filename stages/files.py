@@ -8,6 +8,7 @@ import fsspec
 import pyarrow as pa
 
 from headrace import Stage
+from headrace.storage import refuse_special_file
 
 
 class FileTooLarge(ValueError):
@@ -51,6 +52,7 @@ class ReadFiles(Stage):
         return results
 
     def _read(self, uri: str) -> bytes:
+        refuse_special_file(uri)  # a named pipe would wait for a writer for ever
         with fsspec.open(uri, "rb") as handle:
             size = getattr(handle, "size", None)
             if size is not None and size > self.max_bytes:

@@ -14,6 +14,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from headrace import PipelineError, Stage
 from headrace.envelope import NO_RECORDS, ROW_ERROR
+from headrace.storage import refuse_special_file
 from headrace.tables import SPLIT_SCHEMA
 
 SPLIT_COLUMNS = tuple(f.name for f in SPLIT_SCHEMA)
@@ -97,6 +98,7 @@ class ReadTable(Stage):
             raise
 
     def _read_split(self, split: dict) -> pa.Table:
+        refuse_special_file(split["source"])  # a named pipe would wait for a writer for ever
         wanted = list(dict.fromkeys([*self.columns, *([self.id_column] if self.id_column else [])]))
         folders = self._folders(split, wanted)
         if split["format"] == "parquet":

@@ -19,6 +19,7 @@ def test_hostile_files_in_one_run(tmp_path):
     write(str(directory), "long-line.txt", ("river " * 50_000).encode())  # 300,000 characters, no newline
     write(str(directory), "huge-line.txt", ("bridge " * 7_200_000).encode())  # one line of 50.4 M characters
     os.chmod(write(str(directory), "unreadable.txt", b"secret"), 0)
+    os.mkfifo(directory / "pipe.txt")  # opening it would wait for a writer: the run hung
     with open(directory / "huge.txt", "wb") as handle:  # 200 MB: refused before it is read
         handle.truncate(200 * 2**20)
 
@@ -45,4 +46,5 @@ def test_hostile_files_in_one_run(tmp_path):
     assert "more than max_chunks=1,000 chunks" in reasons["huge-line.txt"][1]
     assert reasons["binary.html"][0] == "UndecodableText"
     assert reasons["nested.html"][0] == "HtmlTooDeep"
-    assert len(quarantine) == 6 and data.num_rows == len(by_file["normal.txt"]) + len(by_file["long-line.txt"])
+    assert reasons["pipe.txt"] == ("NotARegularFile", f"{directory}/pipe.txt is a named pipe, not a regular file: it is not read")
+    assert len(quarantine) == 7 and data.num_rows == len(by_file["normal.txt"]) + len(by_file["long-line.txt"])

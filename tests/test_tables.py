@@ -294,6 +294,38 @@ def test_a_split_that_fails_whole_names_its_file_in_the_message(tmp_path):
         f"Compressed file ended before the end-of-stream marker was reached (reading file://{tmp_path}/cut.jsonl.gz)")
 
 
+def test_a_named_pipe_among_table_files_is_refused_by_its_reader_not_waited_on(tmp_path):
+    """Opening a named pipe waits for a writer: a `.parquet` one hung the listing (its
+    footer) and a `.jsonl` or `.csv` one the reading task, for ever."""
+    import threading
+
+    from headrace.storage import NotARegularFile
+
+    write(str(tmp_path), "rows.jsonl", b'{"text": "a row"}\n')
+    pipes = [tmp_path / name for name in ("pipe.csv", "pipe.jsonl", "pipe.parquet")]
+    for pipe in pipes:
+        os.mkfifo(pipe)
+    outcome = {}
+
+    def list_and_read():
+        splits = Tables(str(tmp_path)).list()
+        outcome["sources"] = sorted(splits.column("source").to_pylist())
+        for index in range(splits.num_rows):
+            try:
+                outcome[splits["source"][index].as_py()] = ReadTable({"text": pa.string()}).process(splits.slice(index, 1))
+            except NotARegularFile as exc:
+                outcome[splits["source"][index].as_py()] = str(exc)
+
+    thread = threading.Thread(target=list_and_read, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), f"waited on a named pipe: {outcome}"
+    assert outcome["sources"] == [f"file://{p}" for p in pipes] + [f"file://{tmp_path}/rows.jsonl"]
+    for pipe in pipes:
+        assert outcome[f"file://{pipe}"] == f"{pipe} is a named pipe, not a regular file: it is not read"
+    assert outcome[f"file://{tmp_path}/rows.jsonl"].column("text").to_pylist() == ["a row"]
+
+
 def test_a_json_file_that_is_one_document_is_refused_whole_not_read_as_lines(tmp_path):
     """``json.dump(rows, indent=2)`` makes lines of which some parse as objects: read as JSON
     Lines it would output those and quarantine the rest for reasons that hide the cause.
