@@ -156,6 +156,11 @@ def publish(area: StagingArea, manifest: dict, run: dict, partition: str, quaran
     if not area.storage.local:
         _publish_by_copy(area, manifest, partition, quarantine, files)
         return
+    # The staged folders become the partition whole: nothing in them that _SUCCESS does not
+    # list (a file a stalled run, whose lock was taken over, wrote after this one resumed).
+    staged = {key: posixpath.basename(source) for key, source in files.sources.items()}
+    sweep(area.storage, area.path("data"), {v for k, v in staged.items() if not k.startswith("_quarantine/")})
+    sweep(area.storage, area.path("quarantine"), {v for k, v in staged.items() if k.startswith("_quarantine/")})
     area.storage.write_json(area.path("data", MANIFEST), manifest)
     # From here on the staged files are not to be resumed: a kill during the swap
     # could leave the old partition's files where the staged ones were.

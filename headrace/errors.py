@@ -42,6 +42,11 @@ class RunInProgress(HeadraceError):
     """Another run of the same date and output holds its lock; this one did nothing (exit 1)."""
 
 
+class LockLost(HeadraceError):
+    """Another run took over this run's lock on the date (this one stalled past the lock's
+    staleness): this run publishes nothing; the date is the other run's (exit 1)."""
+
+
 class StageBroken(HeadraceError):
     """A stage fails systematically (a bug, a missing model), not on bad records: the run stops."""
 

@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 
-from headrace.errors import ConfigError, RunInProgress
+from headrace.errors import ConfigError, LockLost, RunInProgress
 from headrace.storage import Storage
 
 log = logging.getLogger("headrace")
@@ -125,9 +125,35 @@ class RunLock:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
+                if self._holder().get("run_id") != self.run_id:
+                    return  # taken over: never write over the new holder's lock (check() says so)
                 self.storage.write_bytes(self.path, self._document())
             except Exception:  # noqa: BLE001 - a missed heartbeat is retried at the next one
                 pass
+
+    def _holder(self) -> dict:
+        try:
+            return json.loads(self.storage.read_bytes(self.path))
+        except FileNotFoundError:
+            return {}
+        except ValueError:
+            return {"run_id": "(unreadable lock)"}
+
+    def check(self) -> None:
+        """Raise LockLost unless this run still holds the lock. A run that stalled longer
+        than ``stale_s`` (a paused VM, a partitioned node) may have had its lock taken over
+        by a retry on another host, which resumed the same staging area; so the run asks
+        before it publishes, and publishes nothing if the lock is no longer its own."""
+        holder = self._holder()
+        if holder.get("run_id") != self.run_id:
+            self._stop.set()
+            who = (f"run {holder.get('run_id')}, pid {holder.get('pid')} on {holder.get('host')}" if holder
+                   else "no run: the lock is gone")
+            raise LockLost(
+                f"this run lost the date's lock {self.path} (now held by {who}): its heartbeat was more than "
+                f"{self.stale_s:g} s old, so another run took the date over; nothing was published, the date is "
+                "the other run's"
+            )
 
     def release(self) -> None:
         self._stop.set()

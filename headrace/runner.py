@@ -161,6 +161,7 @@ def run(
             quarantine_files=files.quarantine_files, warnings=warnings,
             status="failed" if refused else "committed",
         )
+        lock.check()  # a run that stalled past the lock's staleness may have been taken over: publish nothing
         if refused:
             commit.refuse(area, manifest, refused)
         sink.publish(area, manifest, resumed.run, ds, files, pipeline.output_schema)

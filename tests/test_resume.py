@@ -14,6 +14,7 @@ import pytest
 
 import headrace
 from conftest import HEADRACE, QUIET, ROOT, lines_corpus, sigterm_when
+from headrace import Stage
 from headrace.errors import QualityGateError
 
 SLOW = os.path.join(ROOT, "tests", "fixtures", "slow_lines.py")
@@ -226,6 +227,75 @@ def test_a_lock_from_another_host_holds_until_its_heartbeat_stops(tmp_path):
     with RunLock(storage, str(path), "r-2", stale_s=60):
         assert json.loads(path.read_text())["run_id"] == "r-2"
     assert not path.exists()
+
+
+class StallsAndIsTakenOver(Stage):
+    """On its first call, does what happens to a run that stalls past the lock's
+    staleness (a paused VM, a partitioned node): a retry on another host takes the lock
+    (``take_over``), and the stalled run writes a part after the retry resumed."""
+
+    needs = ("text",)
+    adds = {}
+
+    def __init__(self, output: str, take_over: bool):
+        self.output, self.take_over = output, take_over
+
+    def process(self, batch):
+        import pyarrow as pa
+
+        staging = os.path.join(self.output, "_staging", f"ds={DS}")
+        marker = staging + ".stalled"
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            if self.take_over:
+                with open(staging + ".lock", "w") as handle:
+                    json.dump({"host": "worker-9", "pid": 1, "run_id": "r-retry", "since": time.time(),
+                               "beat": time.time()}, handle)
+            os.makedirs(os.path.join(staging, "data"), exist_ok=True)
+            pq.write_table(pa.table({"stray": [1]}), os.path.join(staging, "data", "part-009-00000.parquet"))
+        return batch
+
+
+def test_a_run_whose_lock_was_taken_over_publishes_nothing_and_never_writes_over_the_new_holder(ray_cluster, tmp_path):
+    """Before, the stalled run's heartbeat wrote over the new holder's lock and both ran on,
+    each publishing the date in turn; and a local partition took whatever files lay in the
+    staging folder, listed in _SUCCESS or not."""
+    from headrace import Files, ParquetSink, Pipeline
+    from headrace.errors import LockLost
+    from headrace.lock import RunLock
+    from stages.files import ReadFiles
+    from stages.text import DecodeText
+
+    storage = ParquetSink(str(tmp_path)).storage()
+    path = tmp_path / "lock" / f"ds={DS}.lock"
+    path.parent.mkdir()
+    lock = RunLock(storage, str(path), "r-stalled", heartbeat_s=0.05)
+    lock.acquire()
+    retry = {"host": "worker-9", "pid": 1, "run_id": "r-retry", "since": time.time(), "beat": time.time()}
+    path.write_text(json.dumps(retry))  # the retry took the stale lock over
+    time.sleep(0.5)  # ten heartbeats of the stalled run
+    assert json.loads(path.read_text()) == retry
+    with pytest.raises(LockLost, match=r"lost the date's lock .* \(now held by run r-retry, pid 1 on worker-9\)"):
+        lock.check()
+    lock.release()
+    assert json.loads(path.read_text()) == retry
+
+    lines_corpus(str(tmp_path / "in"), 3, seed=5)
+    for take_over in (True, False):
+        output = str(tmp_path / f"out-{take_over}")
+        pipeline = Pipeline(name="stalled", source=Files(str(tmp_path / "in")),
+                            stages=[ReadFiles(), DecodeText(), StallsAndIsTakenOver(output, take_over)],
+                            sink=ParquetSink(output), columns=["doc_id", "source", "text"])
+        if take_over:
+            with pytest.raises(LockLost, match="nothing was published, the date is the other run's"):
+                headrace.run(pipeline, DS, QUIET)
+            assert not os.path.exists(os.path.join(output, f"ds={DS}"))
+            assert json.load(open(os.path.join(output, "_staging", f"ds={DS}.lock")))["run_id"] == "r-retry"
+        else:  # the stray part is not published: the partition holds what _SUCCESS lists
+            result = headrace.run(pipeline, DS, QUIET)
+            listed = {entry["path"] for entry in result.manifest["files"]} | {"_SUCCESS"}
+            assert set(os.listdir(result.partition)) == listed and "part-009-00000.parquet" not in listed
+            assert pq.read_table(result.partition).num_rows == 3
 
 
 def test_a_run_told_to_wait_for_the_lock_goes_ahead_once_the_holders_heartbeat_is_stale(tmp_path):
