@@ -202,7 +202,7 @@ def test_a_kill_at_any_step_of_publishing_leaves_the_old_partition_or_the_new(tm
         monkeypatch.setattr(commit, "publish_directory", dying_publish)
         manifest = {"run_id": "new", "files": [{"path": p.file, "rows": p.data_rows} for p in resumed.parts]}
         try:
-            commit.publish(dying, manifest, resumed.run, partition, quarantine, commit.Layout())
+            commit.publish(dying, manifest, resumed.run, partition, quarantine, commit.layout(area, resumed.parts, SCHEMA, "run-1"))
             finished = True
         except Killed:
             finished = False
