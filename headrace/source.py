@@ -106,7 +106,13 @@ class Files:
             return _local_files(fs, path, self.given)
         if any(ch in path for ch in GLOB_CHARS):
             found = fs.glob(path, detail=True)
-            return {p: info.get("size") for p, info in found.items() if info.get("type") != "directory"}
+            root = _glob_root(path)
+            files = {p: info.get("size") for p, info in found.items()
+                     if info.get("type") != "directory" and not _hidden(p, root)}
+            for folder in _outermost(p for p, info in found.items() if info.get("type") == "directory"):
+                files.update({p: info.get("size") for p, info in fs.find(folder, detail=True).items()
+                              if not _hidden(p, folder)})
+            return files
         if fs.isdir(path):
             return {p: info.get("size") for p, info in fs.find(path, detail=True).items() if not _hidden(p, path)}
         if fs.exists(path):
@@ -137,18 +143,40 @@ def _local_files(fs, path: str, given: str) -> dict[str, int | None]:
         raise ConfigError(f"input {given!r} does not exist")
     from fsspec.utils import glob_translate
 
-    magic = min(i for i in (path.find(ch) for ch in GLOB_CHARS) if i >= 0)
-    root = path[: path.rindex("/", 0, magic) + 1] if "/" in path[:magic] else "./"
+    root = _glob_root(path)
     depth = None if "**" in path else path[len(root):].count("/") + 1
     pattern = re.compile(glob_translate(path))
-    return {p: size for p, size in _walk_local(fs, root, depth).items() if pattern.match(p)}
+    folders: list[str] = []
+    files = {p: size for p, size in _walk_local(fs, root, depth, folders).items()
+             if pattern.match(p) and not _hidden(p, root)}
+    # A folder the glob matches is read whole, as a folder given by name is (and as Spark
+    # reads `crawl/2026-11-2*`): before, its files were left out ("matched no files").
+    for folder in _outermost(f for f in folders if pattern.match(f)):
+        files.update({p: size for p, size in _walk_local(fs, folder).items() if not _hidden(p, folder)})
+    return files
 
 
-def _walk_local(fs, root: str, maxdepth: int | None = None) -> dict[str, int | None]:
+def _glob_root(path: str) -> str:
+    """The folder a glob starts in: its path up to the last `/` before any glob character."""
+    magic = min(i for i in (path.find(ch) for ch in GLOB_CHARS) if i >= 0)
+    return path[: path.rindex("/", 0, magic) + 1] if "/" in path[:magic] else "./"
+
+
+def _outermost(folders) -> list[str]:
+    """The folders that lie in none of the others."""
+    kept: list[str] = []
+    for folder in sorted(f.rstrip("/") for f in folders):
+        if not kept or not folder.startswith(kept[-1] + "/"):
+            kept.append(folder)
+    return kept
+
+
+def _walk_local(fs, root: str, maxdepth: int | None = None, found_folders: list[str] | None = None) -> dict[str, int | None]:
     """Every file under ``root`` (at most ``maxdepth`` levels down), listed through ``fs``
     folder by folder, following links to folders, each folder once; a broken link is
     listed (reading it fails, with the reason). A folder that cannot be listed fails the
-    listing: its files are never left out unsaid."""
+    listing: its files are never left out unsaid. ``found_folders`` collects the folders found
+    (down to ``maxdepth`` levels, descended into or not)."""
     found: dict[str, int | None] = {}
     seen: set[str] = set()
     folders = [(root.rstrip("/") or "/", 0)]
@@ -167,6 +195,8 @@ def _walk_local(fs, root: str, maxdepth: int | None = None) -> dict[str, int | N
         for entry in sorted(entries, key=lambda e: e["name"]):
             name, link = entry["name"], entry.get("islink", False)
             if entry.get("type") == "directory" or (link and os.path.isdir(name)):
+                if found_folders is not None:
+                    found_folders.append(name)
                 if maxdepth is None or level + 1 < maxdepth:
                     below.append((name, level + 1))
             else:

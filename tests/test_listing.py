@@ -65,6 +65,32 @@ def test_a_glob_matches_through_linked_folders_as_through_real_ones(linked):
     assert sources(Files(f"{linked}/*/deeper/*").listing()) == [f"{linked}/current/deeper/b.txt"]
 
 
+@pytest.mark.parametrize("protocol", ["file", "s3"])
+def test_a_glob_that_matches_folders_reads_the_files_in_them(request, protocol, tmp_path):
+    """As Spark reads `crawl/2026-11-2*`: before, only files the glob matched themselves
+    were inputs, and a glob of day folders `matched no .txt files`."""
+    files = {"2026-11-20/a.txt": b"a", "2026-11-21/deep/b.txt": b"b", "2026-11-21/_SUCCESS": b"",
+             "2026-11-21/.c.txt": b"hidden", "2026-11-29.txt": b"a file the glob matches", "2026-10-31/d.txt": b"d"}
+    if protocol == "s3":
+        request.getfixturevalue("s3_server")
+        from conftest import bucket
+
+        fs = bucket("s3", "hr-glob-folders")
+        for name, data in files.items():
+            fs.pipe_file(f"hr-glob-folders/crawl/{name}", data)
+        crawl = "s3://hr-glob-folders/crawl"
+    else:
+        for name, data in files.items():
+            write(str(tmp_path / "crawl"), name, data)
+        crawl = f"file://{tmp_path}/crawl"
+    for glob, expected in ((f"{crawl}/2026-11-2*", ["2026-11-20/a.txt", "2026-11-21/deep/b.txt", "2026-11-29.txt"]),
+                           (f"{crawl}/2026-1?-*/**", ["2026-10-31/d.txt", "2026-11-20/a.txt", "2026-11-21/deep/b.txt"]),
+                           (f"{crawl}/*/deep", ["2026-11-21/deep/b.txt"])):
+        listed = Files(glob, extensions=(".txt",)).listing()
+        assert [u.split("/crawl/", 1)[1] for u in listed.records.column("source").to_pylist()] == expected, glob
+        assert not listed.ignored, glob  # _SUCCESS and .c.txt are hidden, as in a folder given by name
+
+
 def test_a_folder_named_like_a_glob_is_read_as_it_is_named(tmp_path):
     write(str(tmp_path / "run[1]"), "x.txt", b"the folder's name has brackets")
     write(str(tmp_path / "run1"), "y.txt", b"what the brackets would match as a glob")
