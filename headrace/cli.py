@@ -130,6 +130,10 @@ def submit(pipeline, master, deploy_mode, no_wait, conf_pairs, properties_file, 
     _logging(verbose)
     flags = dict(master=master, name=name, num_cpus=num_cpus, num_gpus=num_gpus, require_gpu=require_gpu,
                  resume=resume, verbose=verbose or None)
+    if deploy_mode != "cluster":  # where --report is refused, that says so
+        from headrace.report import check_report_path
+
+        check_report_path(report)
     if deploy_mode == "cluster":
         return _submit_job(pipeline, master, no_wait, conf_pairs, properties_file, ds, flags, dry_run, report,
                            pipeline_args)
@@ -282,6 +286,9 @@ def backfill(pipeline, start, end, master, conf_pairs, properties_file, name, nu
     """Run PIPELINE once per logical date from --start to --end, oldest first, and go on
     past a date that fails (unless --fail-fast). Exit 0 only when every date committed."""
     _logging(verbose)
+    from headrace.report import check_report_path
+
+    check_report_path(report)
     first, last = conf_mod.parse_ds(start), conf_mod.parse_ds(end)
     days = []
     day = dt.date.fromisoformat(first)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import os
 from typing import Any
 
-from headrace.errors import HeadraceError
+from headrace.errors import ConfigError, HeadraceError
 
 from headrace.utilisation import describe, describe_nodes
 
@@ -64,6 +66,26 @@ def failure_report(exc: BaseException, known: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_report(path: str, manifest: dict[str, Any]) -> None:
-    """The run's manifest, the same document as its ``_SUCCESS``."""
-    with open(path, "w") as handle:
-        json.dump(manifest, handle, indent=2, default=str)
+    """The run's manifest, the same document as its ``_SUCCESS``. A report that cannot be
+    written is a warning: it never turns a committed run into a failure, nor hides why a
+    run failed (checked before anything runs: ``check_report_path``)."""
+    try:
+        with open(path, "w") as handle:
+            json.dump(manifest, handle, indent=2, default=str)
+    except OSError as exc:
+        logging.getLogger("headrace").warning("the run report was not written to %s: %s", path, exc.strerror or exc)
+
+
+def check_report_path(path: str | None) -> None:
+    """``--report PATH`` must name a file that can be written, in a folder that exists:
+    found before anything runs (exit 2), not after a run has committed."""
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(f"--report {path}: is a folder; name a file, e.g. {os.path.join(path, 'report.json')}")
+    if not os.path.isdir(folder):
+        why = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
+        raise ConfigError(f"--report {path}: its folder {folder} {why}")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ConfigError(f"--report {path}: cannot write there (permission denied)")

@@ -46,6 +46,10 @@ def small_corpus(tmp_path_factory):
         (["--conf", "headrace.max_quarantine_fraction=2"], "max_quarantine_fraction=2.0: a number from 0 to 1"),
         (["--conf", "headrace.progress_every_s=0"], "progress_every_s=0.0: more than 0 seconds"),
         (["--conf", "headrace.lock_wait_s=-1"], "lock_wait_s=-1.0: 0 (do not wait) or more seconds"),
+        # Found only after the run had committed, which then said `failed ... nothing was published` (exit 1).
+        (["--report", "/nonexistent/folder/report.json"], "--report /nonexistent/folder/report.json: its folder "
+                                                          "/nonexistent/folder does not exist"),
+        (["--report", ROOT], f"--report {ROOT}: is a folder; name a file"),
         # Taken before: a GPU share of NaN, a GPU batch of 0 as "batch_size" and of -5 as -5.
         (["--conf", "embed_gpus=nan"], "cpus and gpus must be finite numbers, not negative (cpus=1.0, gpus=nan)"),
         (["--conf", "embed_gpus=inf"], "cpus and gpus must be finite numbers, not negative"),

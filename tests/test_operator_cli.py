@@ -120,6 +120,15 @@ def test_dry_run_prints_every_setting_with_its_origin_and_checks_the_master(tmp_
     assert checked.returncode == 2 and f"--master {nobody}: nothing answers there" in checked.stderr
 
 
+def test_a_report_that_cannot_be_written_at_the_end_is_a_warning_not_the_runs_outcome(tmp_path, caplog):
+    """Its folder is checked before the run (test_cli); one that goes away during a run made
+    a committed run say `failed ... nothing was published` and exit 1."""
+    from headrace.report import write_report
+
+    write_report(str(tmp_path / "gone" / "report.json"), {"status": "committed"})
+    assert f"the run report was not written to {tmp_path}/gone/report.json: No such file or directory" in caplog.text
+
+
 def test_the_report_is_written_on_every_outcome(tmp_path, docs):
     report = tmp_path / "report.json"
     bad = cli("submit", WORD_COUNT, "--conf", "inptu=x", "--report", str(report))
