@@ -66,6 +66,21 @@ def _reported(command, args, kwargs):
         sys.exit(EXIT_FAILED)
 
 
+def _say(text: str) -> None:
+    """Print what a run did, after it did it. A reader that went away (`| head -1`, a log
+    shipper that died) is no failure of the run: before, a committed run then said
+    `failed: BrokenPipeError ... nothing was published` and exit 1."""
+    try:
+        click.echo(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # What Python's documentation advises: send the rest of the output nowhere, so
+        # that the flush at exit does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def _logging(verbose: bool) -> None:
     logging.basicConfig(format="headrace: %(message)s", stream=sys.stderr)
     logging.getLogger("headrace").setLevel(logging.INFO if verbose else logging.WARNING)
@@ -245,10 +260,10 @@ def _run_one(built, run_conf, report, code_files=()):
 
     started = time.perf_counter()
     result = run(built, run_conf.ds, run_conf.engine, run_conf.as_dict(), code_files)
-    click.echo(summary(result.manifest, time.perf_counter() - started))
+    _say(summary(result.manifest, time.perf_counter() - started))
     page = _html_report({**result.manifest, "exit_code": 0})
     if page:
-        click.echo(f"  report       {page}")
+        _say(f"  report       {page}")
     if report:
         write_report(report, result.manifest)
 
@@ -318,7 +333,7 @@ def backfill(pipeline, start, end, master, conf_pairs, properties_file, name, nu
             break
         if results[-1]["status"] == BROKEN:  # a bug, not a bad date: every later date would hit it too
             break
-    click.echo(_backfill_table(results, len(days)))
+    _say(_backfill_table(results, len(days)))
     code = EXIT_INTERRUPTED if interrupted else _backfill_exit(results, len(days))
     if report:
         from headrace.report import write_report
@@ -350,7 +365,7 @@ def _backfill_one(factory, run_conf, built, skip_committed, dry_run) -> dict:
             row.update(status=f"would run: {listed.records.num_rows:,} input files{ignored}", exit=0)
         else:
             manifest = run(built, run_conf.ds, run_conf.engine, run_conf.as_dict(), _code_files(factory)).manifest
-            click.echo(summary(manifest, time.perf_counter() - started))
+            _say(summary(manifest, time.perf_counter() - started))
             _html_report({**manifest, "exit_code": 0})
             row.update(status="committed", exit=0, rows=manifest["counts"]["output"],
                        quarantined=manifest["counts"]["quarantined"], run_id=manifest["run_id"])

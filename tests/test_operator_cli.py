@@ -227,9 +227,17 @@ def test_status_is_a_sensor_for_a_committed_date(tmp_path, docs):
     output = tmp_path / "out"
     before = cli("status", str(output), "--ds", "2026-11-06")
     assert before.returncode == 1 and "ds=2026-11-06 is not committed" in before.stdout
-    run = cli("submit", WORD_COUNT, "--master", "local[1]", "--ds", "2026-11-06", "--conf", f"input={docs}",
-              "--conf", f"output={output}", "--conf", "headrace.progress=false")
-    assert run.returncode == 0, run.stderr[-2000:]
+    # Its reader goes away after the first line (`headrace submit ... | head -1`): before, the
+    # committed run then said `failed: BrokenPipeError ... nothing was published`, exit 1.
+    run = subprocess.Popen([*HEADRACE, "submit", WORD_COUNT, "--master", "local[1]", "--ds", "2026-11-06", "--conf",
+                            f"input={docs}", "--conf", f"output={output}", "--conf", "headrace.progress=false"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                           env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert "word_count ds=2026-11-06 committed" in run.stdout.readline()
+    run.stdout.close()
+    stderr = run.stderr.read()
+    assert run.wait(timeout=300) == 0, stderr[-2000:]
+    assert "nothing was published" not in stderr, stderr[-2000:]
     after = cli("status", str(output), "--ds", "2026-11-06")
     assert after.returncode == 0, after.stderr
     assert "ds=2026-11-06 committed by run" in after.stdout and "4 rows" in after.stdout
