@@ -202,10 +202,9 @@ def _dry_run(built, run_conf, report, known):
 
         ray_adapter.check_master(master.address)
     from headrace.runner import list_inputs
-    from headrace.storage import check_writable
 
     listed = list_inputs(built, run_conf.engine)  # its warnings are logged
-    check_writable(built.sink.storage(), built.sink.root(run_conf.ds))
+    built.sink.check(run_conf.ds, built.output_schema)
     click.echo(built.explain())
     ignored = f", {listed.ignored['files']:,} ignored (see the warning)" if listed.ignored else ""
     click.echo(f"dry run: ds={run_conf.ds}, master {run_conf.engine.master} answers, "
@@ -350,7 +349,6 @@ def _backfill_one(factory, run_conf, built, skip_committed, dry_run) -> dict:
     """One date of a backfill: its outcome as a row of the final table."""
     from headrace.report import summary
     from headrace.runner import committed_as_configured, list_inputs, run
-    from headrace.storage import check_writable
 
     row = {"ds": run_conf.ds, "exit": None, "status": "", "rows": None, "quarantined": None, "seconds": 0.0,
            "reason": None}
@@ -360,7 +358,7 @@ def _backfill_one(factory, run_conf, built, skip_committed, dry_run) -> dict:
             row.update(status="skipped (committed, same configuration)", exit=0)
         elif dry_run:
             listed = list_inputs(built, run_conf.engine)
-            check_writable(built.sink.storage(), built.sink.root(run_conf.ds))
+            built.sink.check(run_conf.ds, built.output_schema)
             ignored = f" ({listed.ignored['files']:,} ignored)" if listed.ignored else ""
             row.update(status=f"would run: {listed.records.num_rows:,} input files{ignored}", exit=0)
         else:

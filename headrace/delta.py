@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from headrace.errors import ConfigError
 from headrace.commit import Layout, copy_staged, sweep
 from headrace.sink import ParquetSink
 from headrace.staging import MANIFEST
@@ -48,6 +49,28 @@ class DeltaSink(ParquetSink):
         if endpoint.startswith("http://"):
             options["AWS_ALLOW_HTTP"] = "true"
         return options
+
+    def check(self, ds: str, schema: pa.Schema) -> None:
+        """An existing table whose schema differs from what the run writes is exit 2 before
+        the run starts, as Spark refuses such a write without `overwriteSchema`: delta-rs
+        took the run's schema as the table's, leaving the other dates' files under a
+        schema that no longer describes them (a column's type changed, one dropped)."""
+        super().check(ds, schema)
+        from deltalake import DeltaTable, Schema
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            table = DeltaTable(self.table_uri(ds), storage_options=self.delta_options())
+        except TableNotFoundError:
+            return
+        have = {f.name: str(f.type) for f in table.schema().fields}
+        want = {f.name: str(f.type) for f in Schema.from_arrow(schema.append(pa.field("ds", pa.string()))).fields}
+        if have == want:
+            return
+        changes = [f"{n}: {have[n]} -> {want[n]}" for n in want if n in have and have[n] != want[n]]
+        changes += [f"{n} added" for n in want if n not in have] + [f"{n} dropped" for n in have if n not in want]
+        raise ConfigError(f"the Delta table {self.url} has another schema than this run writes ({'; '.join(changes)}); "
+                          "its other dates were written with it: write to a new table, or convert this one first")
 
     def publish(self, area, manifest: dict, run: dict, ds: str, files: Layout, schema: pa.Schema) -> None:
         from deltalake import DeltaTable, Schema

@@ -33,7 +33,6 @@ from headrace.manifest import build_manifest
 from headrace.part_writer import PartWriter
 from headrace.pipeline import Pipeline
 from headrace.placement import Master, place, use_ray_token_if_available
-from headrace.storage import check_writable
 
 log = logging.getLogger("headrace")
 
@@ -95,7 +94,7 @@ def run(
     sink, id_column = pipeline.sink, pipeline.keys[0]
     # One run per date and output at a time; a killed run's lock is taken over at once.
     storage = sink.storage()
-    check_writable(storage, sink.root(ds))  # a file in the way, a folder it may not write: exit 2 before Ray
+    sink.check(ds, pipeline.output_schema)  # a file in the way, a Delta table of another schema: exit 2 before Ray
     lock = RunLock(storage, sink.staging(ds) + ".lock", run_id, wait_s=engine.lock_wait_s)
     lock.refuse_if_held()  # a date another run is working on: turned away before Ray starts
     from headrace import ray_adapter  # imports Ray

@@ -9,7 +9,7 @@ import fsspec
 import pyarrow as pa
 
 from headrace.errors import PipelineError
-from headrace.storage import Storage, absolute_url
+from headrace.storage import Storage, absolute_url, check_writable
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -75,6 +75,11 @@ class ParquetSink:
 
     def staging(self, ds: str) -> str:
         return posixpath.join(self.root(ds), "_staging", f"ds={ds}")
+
+    def check(self, ds: str, schema: pa.Schema) -> None:
+        """What makes a run of ``ds`` unable to publish, found before it starts (ConfigError,
+        exit 2): here, a local output it could not write (headrace.storage.check_writable)."""
+        check_writable(self.storage(), self.root(ds))
 
     def publish(self, area, manifest: dict, run: dict, ds: str, files, schema: pa.Schema) -> None:
         """Make the staged partition visible (headrace.commit)."""

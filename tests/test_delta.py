@@ -54,6 +54,14 @@ def test_rerunning_a_date_leaves_one_version_of_its_partition(request, ray_clust
     # The manifests name the same files the log does.
     assert words_by_date(pl.from_arrow(headrace.read(table))) == expected
 
+    # A run that writes other columns is refused before it starts: before, delta-rs took
+    # its schema as the table's, under which the other dates' files were no longer read.
+    other = headrace_pipeline(str(tmp_path / "in"), table, output_format="delta")
+    with pytest.raises(headrace.ConfigError, match=r"the Delta table s3://hr-delta/words has another schema than "
+                                                   r"this run writes \(.*line_index added; .*words dropped"):
+        headrace.run(other, "2026-10-03", QUIET)
+    assert DeltaTable(table, storage_options=options).version() == 2
+
 
 def test_a_killed_run_leaves_the_table_at_its_previous_version_and_the_rerun_resumes(ray_cluster, tmp_path):
     lines_corpus(str(tmp_path / "small"), 2, seed=1)
