@@ -106,13 +106,11 @@ class Files:
             return _local_files(fs, path, self.given)
         if any(ch in path for ch in GLOB_CHARS):
             found = fs.glob(path, detail=True)
-            root = _glob_root(path)
-            files = {p: info.get("size") for p, info in found.items()
-                     if info.get("type") != "directory" and not _hidden(p, root)}
-            for folder in _outermost(p for p, info in found.items() if info.get("type") == "directory"):
-                files.update({p: info.get("size") for p, info in fs.find(folder, detail=True).items()
-                              if not _hidden(p, folder)})
-            return files
+            listed = {p: info.get("size") for p, info in found.items() if info.get("type") != "directory"}
+            folders = [p for p, info in found.items() if info.get("type") == "directory"]
+            # A `**` glob has listed everything below already; else each matched folder is listed.
+            return _with_matched_folders(listed, folders, _glob_root(path), None if "**" in path else
+                                         lambda folder: {p: i.get("size") for p, i in fs.find(folder, detail=True).items()})
         if fs.isdir(path):
             return {p: info.get("size") for p, info in fs.find(path, detail=True).items() if not _hidden(p, path)}
         if fs.exists(path):
@@ -147,13 +145,26 @@ def _local_files(fs, path: str, given: str) -> dict[str, int | None]:
     depth = None if "**" in path else path[len(root):].count("/") + 1
     pattern = re.compile(glob_translate(path))
     folders: list[str] = []
-    files = {p: size for p, size in _walk_local(fs, root, depth, folders).items()
-             if pattern.match(p) and not _hidden(p, root)}
-    # A folder the glob matches is read whole, as a folder given by name is (and as Spark
-    # reads `crawl/2026-11-2*`): before, its files were left out ("matched no files").
-    for folder in _outermost(f for f in folders if pattern.match(f)):
-        files.update({p: size for p, size in _walk_local(fs, folder).items() if not _hidden(p, folder)})
-    return files
+    walked = _walk_local(fs, root, depth, folders)
+    listed = {p: size for p, size in walked.items() if pattern.match(p)}
+    # A `**` glob has walked everything below already; else each matched folder is walked.
+    return _with_matched_folders(listed, [f for f in folders if pattern.match(f)], root,
+                                 None if depth is None else lambda folder: _walk_local(fs, folder), walked)
+
+
+def _with_matched_folders(files: dict, folders: list[str], root: str, list_folder, walked: dict | None = None) -> dict:
+    """The files a glob matched, and every file in the folders it matched: a folder the glob
+    matches is read whole, as a folder given by name is, and as Spark reads
+    `crawl/2026-11-2*` (before, its files were left out: "matched no files"). Hidden names
+    (`_SUCCESS`, `.crc`) below the glob's root, or below a matched folder, are left out.
+    ``list_folder`` lists a folder's files; None where ``walked`` (or ``files``) holds them."""
+    kept = {p: size for p, size in files.items() if not _hidden(p, root)}
+    everything = walked if walked is not None else files
+    for folder in _outermost(folders):
+        inside = list_folder(folder) if list_folder else {p: s for p, s in everything.items()
+                                                          if p.startswith(folder + "/")}
+        kept.update({p: size for p, size in inside.items() if not _hidden(p, folder)})
+    return kept
 
 
 def _glob_root(path: str) -> str:
