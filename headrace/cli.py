@@ -193,9 +193,10 @@ def _html_report(document: dict) -> str | None:
 
 def _dry_run(built, run_conf, report, known):
     """Everything a run checks before work starts: settings, the master, the input."""
-    from headrace.placement import Master, use_ray_token_if_available
+    from headrace.placement import Master, check_local_gpus, use_ray_token_if_available
 
     master = Master.parse(run_conf.engine.master)
+    check_local_gpus(built, master, run_conf.engine.num_gpus, run_conf.engine.require_gpu)
     if master.kind == "cluster":
         use_ray_token_if_available()
         from headrace import ray_adapter

@@ -94,6 +94,13 @@ class Placement:
     note: str = ""
 
 
+def check_local_gpus(pipeline: Pipeline, master: Master, num_gpus: int | None, require_gpu: bool) -> None:
+    """Where a local Ray's GPUs are given (``--num-gpus``), a stage that cannot get its GPUs
+    (``--require-gpu``, or more GPU actors than GPUs) is exit 2 before Ray starts, not after."""
+    if master.kind == "local" and num_gpus is not None:
+        place(pipeline, Cluster(cpus=float(master.cores or 1), gpus=float(num_gpus), cores=master.cores or 1), require_gpu)
+
+
 def place(pipeline: Pipeline, cluster: Cluster, require_gpu: bool = False) -> list[Placement]:
     """Decide pools and resources for every stage; GPU stages fall back to CPU actors."""
     placements = []

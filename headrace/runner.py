@@ -32,7 +32,7 @@ from headrace.lock import RunLock
 from headrace.manifest import build_manifest
 from headrace.part_writer import PartWriter
 from headrace.pipeline import Pipeline
-from headrace.placement import Master, place, use_ray_token_if_available
+from headrace.placement import Master, check_local_gpus, place, use_ray_token_if_available
 
 log = logging.getLogger("headrace")
 
@@ -91,6 +91,7 @@ def run(
     store = parse_bytes(engine.object_store_memory) if engine.object_store_memory is not None else None
     if master.kind == "cluster":
         use_ray_token_if_available()
+    check_local_gpus(pipeline, master, engine.num_gpus, engine.require_gpu)
     sink, id_column = pipeline.sink, pipeline.keys[0]
     # One run per date and output at a time; a killed run's lock is taken over at once.
     storage = sink.storage()

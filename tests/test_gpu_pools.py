@@ -39,7 +39,9 @@ def test_pools_grow_with_backlog_and_fractions_share_a_gpu(tmp_path):
 
 def test_require_gpu_fails_before_any_work(tmp_path):
     write(str(tmp_path / "in"), "a.txt", b"text")
-    result = submit(tmp_path, "--master", "local[2]", "--num-gpus", "0", "--require-gpu")
-    assert result.returncode == 2
-    assert "stage SlowModel needs gpus=1 but the cluster has 0 GPU(s) and a GPU is required" in result.stderr
-    assert not os.path.exists(tmp_path / "out")
+    # Found before Ray starts where a local Ray's GPUs are given, so a dry run finds it too.
+    for dry_run in ((), ("--dry-run",)):
+        result = submit(tmp_path, "--master", "local[2]", "--num-gpus", "0", "--require-gpu", *dry_run)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "stage SlowModel needs gpus=1 but the cluster has 0 GPU(s) and a GPU is required" in result.stderr
+        assert not os.path.exists(tmp_path / "out")
