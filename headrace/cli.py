@@ -196,7 +196,7 @@ def _dry_run(built, run_conf, report, known):
     from headrace.placement import Master, check_local_gpus, use_ray_token_if_available
 
     master = Master.parse(run_conf.engine.master)
-    check_local_gpus(built, master, run_conf.engine.num_gpus, run_conf.engine.require_gpu)
+    check_local_gpus(built, master, run_conf.engine.num_gpus, run_conf.engine.require_gpu, run_conf.engine.num_cpus)
     if master.kind == "cluster":
         use_ray_token_if_available()
         from headrace import ray_adapter

@@ -6,6 +6,7 @@ the cluster offers as a ``Cluster``; ``place`` turns that and the pipeline into 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -94,11 +95,15 @@ class Placement:
     note: str = ""
 
 
-def check_local_gpus(pipeline: Pipeline, master: Master, num_gpus: int | None, require_gpu: bool) -> None:
+def check_local_gpus(pipeline: Pipeline, master: Master, num_gpus: int | None, require_gpu: bool,
+                     num_cpus: int | None = None) -> None:
     """Where a local Ray's GPUs are given (``--num-gpus``), a stage that cannot get its GPUs
-    (``--require-gpu``, or more GPU actors than GPUs) is exit 2 before Ray starts, not after."""
+    (``--require-gpu``, or more GPU actors than GPUs) is exit 2 before Ray starts, not after;
+    so are too few CPU slots for the pools and the tasks beside them."""
     if master.kind == "local" and num_gpus is not None:
-        place(pipeline, Cluster(cpus=float(master.cores or 1), gpus=float(num_gpus), cores=master.cores or 1), require_gpu)
+        cores = master.cores or 1
+        place(pipeline, Cluster(cpus=float(num_cpus or cores * LOCAL_CPU_SLOTS_PER_CORE), gpus=float(num_gpus),
+                                cores=cores), require_gpu)
 
 
 def place(pipeline: Pipeline, cluster: Cluster, require_gpu: bool = False) -> list[Placement]:
@@ -136,4 +141,39 @@ def place(pipeline: Pipeline, cluster: Cluster, require_gpu: bool = False) -> li
             placements.append(Placement(stage.stage_name, (low, high), stage.cpus, 0.0, "cpu", threads))
         else:
             placements.append(Placement(stage.stage_name, None, stage.cpus, 0.0, "cpu", max(1, int(stage.cpus))))
+    return _leave_cpus_for_tasks(pipeline, cluster, placements)
+
+
+def _leave_cpus_for_tasks(pipeline: Pipeline, cluster: Cluster, placements: list[Placement]) -> list[Placement]:
+    """A stage kept apart (``fuse=False``: ReadTable) runs as tasks beside the actor pools,
+    which hold their CPUs for the whole run. Pools that took every CPU slot left those
+    tasks waiting for ever: the table job hung at "starting" with --num-cpus 2 here, and
+    would on any cluster without GPUs, where a GPU stage's CPU actors are one per CPU.
+    Such pools shrink until a task fits beside them; where even one actor each leaves no
+    room, it is exit 2."""
+    apart = [(stage, placement) for stage, placement in zip(pipeline.stages, placements)
+             if not stage.fuse and placement.actors is None]
+    if not apart:
+        return placements
+    task_stage, task = max(apart, key=lambda item: item[1].cpus)
+    shrinkable = [i for i, (stage, p) in enumerate(zip(pipeline.stages, placements))
+                  if stage.gpus and p.device == "cpu" and p.actors is not None and not stage.pool_bounds()]
+
+    def held() -> float:
+        return sum(p.actors[0] * p.cpus for p in placements if p.actors is not None)
+
+    while held() + task.cpus > cluster.cpus and any(placements[i].actors[0] > 1 for i in shrinkable):
+        index = max(shrinkable, key=lambda i: placements[i].actors[0])
+        stage, old = pipeline.stages[index], placements[index]
+        size = old.actors[0] - 1
+        threads = stage.cpu_threads or max(1, cluster.cores // size)
+        note = (f"stage {stage.stage_name} asks for gpus={stage.gpus:g} but the cluster has no GPU: running {size} "
+                f"CPU actor(s) with {threads} thread(s) each (leaving a CPU for the {task_stage.stage_name} tasks)")
+        placements[index] = dataclasses.replace(old, actors=(size, size), threads=threads, note=note)
+    if held() + task.cpus > cluster.cpus:
+        raise ConfigError(
+            f"the pipeline needs at least {held() + task.cpus:g} CPU slots, Ray has {cluster.cpus:g}: its actors hold "
+            f"{held():g} for the whole run and stage {task_stage.stage_name} runs as tasks beside them "
+            f"({task.cpus:g} each), which would wait for ever; give Ray more CPUs (--num-cpus, or a larger cluster)"
+        )
     return placements

@@ -91,7 +91,7 @@ def run(
     store = parse_bytes(engine.object_store_memory) if engine.object_store_memory is not None else None
     if master.kind == "cluster":
         use_ray_token_if_available()
-    check_local_gpus(pipeline, master, engine.num_gpus, engine.require_gpu)
+    check_local_gpus(pipeline, master, engine.num_gpus, engine.require_gpu, engine.num_cpus)
     sink, id_column = pipeline.sink, pipeline.keys[0]
     # One run per date and output at a time; a killed run's lock is taken over at once.
     storage = sink.storage()

@@ -139,6 +139,19 @@ def test_gpu_stage_falls_back_to_one_thread_cpu_actors_per_core():
         place(pipeline, Cluster(cpus=4, gpus=0, cores=2), require_gpu=True)
 
 
+def test_cpu_actors_leave_a_cpu_for_the_tasks_of_a_stage_kept_apart():
+    """Before, the CPU actors of a GPU stage took every CPU slot on a cluster without GPUs
+    (one per CPU), and the tasks of a stage kept apart (ReadTable) waited for ever: the
+    table job hung at "starting" with --num-cpus 2."""
+    apart = build([Read().with_(fuse=False), Decode(), Model()])
+    model = place(apart, Cluster(cpus=2, gpus=0, cores=2))[-1]
+    assert (model.actors, model.threads) == ((1, 1), 2) and "leaving a CPU for the Read tasks" in model.note
+    assert place(apart, Cluster(cpus=4, gpus=0, cores=2))[-1].actors == (2, 2)  # a local Ray: 2 slots a core
+    assert place(build([Read(), Decode(), Model()]), Cluster(cpus=2, gpus=0, cores=2))[-1].actors == (2, 2)  # fused
+    with pytest.raises(ConfigError, match=r"needs at least 2 CPU slots, Ray has 1: .* stage Read runs as tasks"):
+        place(apart, Cluster(cpus=1, gpus=0, cores=1))
+
+
 def test_gpu_stage_gets_gpus_and_fractions_share_them():
     pipeline = build([Read(), Decode(), Model().with_(gpus=0.5)])
     model = place(pipeline, Cluster(cpus=8, gpus=2, cores=8))[-1]
