@@ -166,7 +166,8 @@ def _leave_cpus_for_tasks(pipeline: Pipeline, cluster: Cluster, placements: list
         index = max(shrinkable, key=lambda i: placements[i].actors[0])
         stage, old = pipeline.stages[index], placements[index]
         size = old.actors[0] - 1
-        threads = stage.cpu_threads or max(1, cluster.cores // size)
+        # the cores the tasks do not take, shared out (a cluster's actor may be alone on a 1-CPU node)
+        threads = stage.cpu_threads or max(1, int(cluster.cores - task.cpus) // size)
         note = (f"stage {stage.stage_name} asks for gpus={stage.gpus:g} but the cluster has no GPU: running {size} "
                 f"CPU actor(s) with {threads} thread(s) each (leaving a CPU for the {task_stage.stage_name} tasks)")
         placements[index] = dataclasses.replace(old, actors=(size, size), threads=threads, note=note)

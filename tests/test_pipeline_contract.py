@@ -145,7 +145,7 @@ def test_cpu_actors_leave_a_cpu_for_the_tasks_of_a_stage_kept_apart():
     table job hung at "starting" with --num-cpus 2."""
     apart = build([Read().with_(fuse=False), Decode(), Model()])
     model = place(apart, Cluster(cpus=2, gpus=0, cores=2))[-1]
-    assert (model.actors, model.threads) == ((1, 1), 2) and "leaving a CPU for the Read tasks" in model.note
+    assert (model.actors, model.threads) == ((1, 1), 1) and "leaving a CPU for the Read tasks" in model.note
     assert place(apart, Cluster(cpus=4, gpus=0, cores=2))[-1].actors == (2, 2)  # a local Ray: 2 slots a core
     assert place(build([Read(), Decode(), Model()]), Cluster(cpus=2, gpus=0, cores=2))[-1].actors == (2, 2)  # fused
     with pytest.raises(ConfigError, match=r"needs at least 2 CPU slots, Ray has 1: .* stage Read runs as tasks"):
