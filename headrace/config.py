@@ -246,7 +246,7 @@ def _from_env(known: Mapping[str, Any], environ: Mapping[str, str], pipeline: st
     return {key: environ[variable] for variable, key in names.items() if variable in environ}
 
 
-def _read_properties(path: str, known: Mapping[str, Any] = {}) -> dict[str, Any]:
+def _read_properties(path: str, known: Mapping[str, Any]) -> dict[str, Any]:
     try:
         with open(path) as handle:
             data = yaml.safe_load(handle) or {}

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from headrace.errors import ConfigError
 from headrace.commit import Layout, copy_staged, sweep
+from headrace.errors import ConfigError
 from headrace.sink import ParquetSink
 from headrace.staging import MANIFEST
 
