@@ -283,8 +283,10 @@ def _coerce(key: str, value: Any, hint: Any, origin: str) -> Any:
             return None
         raise ConfigError(f"conf {key} (from {origin}) may not be empty")
     if target in (Any, str) or target is None:
-        if target is str and isinstance(value, (dict, list)):
+        if target is str and isinstance(value, dict):
             return json.dumps(value)  # a YAML mapping given for a JSON setting (storage_options)
+        if target is str and isinstance(value, list):  # its Python repr was taken as the text
+            raise ConfigError(f"conf {key} (from {origin}) is a list; it takes one text value")
         return value if target is Any else str(value)
     try:
         if target is bool:

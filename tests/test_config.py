@@ -62,6 +62,9 @@ def test_storage_options_as_a_yaml_mapping_in_a_properties_file(factory, tmp_pat
     properties.write_text("headrace:\n  storage_options:\n    s3: http://minio:9000\n")
     with pytest.raises(ConfigError, match="must map each protocol to its options"):
         resolve(factory, properties_file=str(properties), environ={})
+    properties.write_text("input:\n  - a\n  - b\n")  # its Python repr, "['a', 'b']", was the input
+    with pytest.raises(ConfigError, match=r"conf input \(from properties file .*\) is a list; it takes one text value"):
+        resolve(factory, properties_file=str(properties), environ={})
 
 
 def test_default_ds_is_yesterday_utc():
