@@ -105,14 +105,16 @@ class Files:
         if is_local(fs):
             return _local_files(fs, path, self.given)
         if any(ch in path for ch in GLOB_CHARS):
-            found = fs.glob(path, detail=True)
+            found = {p: info for p, info in fs.glob(path, detail=True).items() if not _folder_marker(p)}
             listed = {p: info.get("size") for p, info in found.items() if info.get("type") != "directory"}
             folders = [p for p, info in found.items() if info.get("type") == "directory"]
             # A `**` glob has listed everything below already; else each matched folder is listed.
             return _with_matched_folders(listed, folders, _glob_root(path), None if "**" in path else
-                                         lambda folder: {p: i.get("size") for p, i in fs.find(folder, detail=True).items()})
+                                         lambda folder: {p: i.get("size") for p, i in fs.find(folder, detail=True).items()
+                                                         if not _folder_marker(p)})
         if fs.isdir(path):
-            return {p: info.get("size") for p, info in fs.find(path, detail=True).items() if not _hidden(p, path)}
+            return {p: info.get("size") for p, info in fs.find(path, detail=True).items()
+                    if not _hidden(p, path) and not _folder_marker(p)}
         if fs.exists(path):
             return {path: fs.size(path)}
         raise ConfigError(f"input {self.given!r} does not exist")
@@ -165,6 +167,12 @@ def _with_matched_folders(files: dict, folders: list[str], root: str, list_folde
                                                           if p.startswith(folder + "/")}
         kept.update({p: size for p, size in inside.items() if not _hidden(p, folder)})
     return kept
+
+
+def _folder_marker(path: str) -> bool:
+    """An empty object named like a folder (`docs/sub/`), as the S3 console's "Create folder"
+    makes: no file, and never "a file of a type the pipeline does not read"."""
+    return path.endswith("/")
 
 
 def _glob_root(path: str) -> str:

@@ -78,6 +78,8 @@ def test_a_glob_that_matches_folders_reads_the_files_in_them(request, protocol, 
         fs = bucket("s3", "hr-glob-folders")
         for name, data in files.items():
             fs.pipe_file(f"hr-glob-folders/crawl/{name}", data)
+        for marker in ("crawl/", "crawl/2026-11-21/deep/"):  # as the S3 console's "Create folder" makes them
+            fs.pipe_file(f"hr-glob-folders/{marker}", b"")  # before: reported as files of a type not read
         crawl = "s3://hr-glob-folders/crawl"
     else:
         for name, data in files.items():
@@ -89,6 +91,7 @@ def test_a_glob_that_matches_folders_reads_the_files_in_them(request, protocol, 
         listed = Files(glob, extensions=(".txt",)).listing()
         assert [u.split("/crawl/", 1)[1] for u in listed.records.column("source").to_pylist()] == expected, glob
         assert not listed.ignored, glob  # _SUCCESS and .c.txt are hidden, as in a folder given by name
+    assert not Files(crawl, extensions=(".txt",)).listing().ignored
 
 
 def test_a_folder_named_like_a_glob_is_read_as_it_is_named(tmp_path):
