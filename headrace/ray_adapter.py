@@ -14,9 +14,11 @@ import functools
 import logging
 import os
 import re
+import secrets
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -65,6 +67,7 @@ def connect(
             # A Ray of its own on this machine takes a token by default and says so on
             # every run; that is not news to the user.
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+            _token_without_a_writable_home()
             ray.init(
                 address="local",  # always a new embedded Ray, even where a `ray start` cluster runs
                 num_cpus=num_cpus or master.cores * LOCAL_CPU_SLOTS_PER_CORE,
@@ -94,6 +97,25 @@ def connect(
     return Cluster(cpus=cpus, gpus=float(resources.get("GPU", 0)), cores=cores,
                    object_store=float(resources.get("object_store_memory", 0)),
                    nodes=sum(1 for node in ray.nodes() if node.get("Alive")))
+
+
+def _token_without_a_writable_home() -> None:
+    """Ray saves a new local cluster's token in ~/.ray/auth_token. Where the home folder
+    cannot be written (a container with a read-only root filesystem, a service user whose
+    home is /), ray.init failed with `PermissionError: ~/.ray`: the token of this run's
+    own Ray is then given to it in the environment instead (its processes inherit it)."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled" or any(
+            os.environ.get(name) for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+        return
+    folder = os.path.join(os.path.expanduser("~"), ".ray")
+    if os.path.exists(os.path.join(folder, "auth_token")):
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError:
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 
 
 def check_master(address: str) -> None:

@@ -244,6 +244,25 @@ def test_status_is_a_sensor_for_a_committed_date(tmp_path, docs):
     assert cli("status", str(output), "--ds", "11/06/2026").returncode == 2
 
 
+def test_a_run_whose_home_folder_cannot_be_written_runs(tmp_path, docs):
+    """A container with a read-only root filesystem, a service user whose home is `/`: Ray
+    saves a new local cluster's token in ~/.ray, and the run failed with `PermissionError:
+    .../.ray` (exit 1). The run's own Ray gets its token in the environment instead."""
+    from conftest import AS_IF_NOT_ROOT
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o555)
+    command = [*HEADRACE, "submit", WORD_COUNT, "--master", "local[1]", "--ds", "2026-11-07", "--conf", f"input={docs}",
+               "--conf", f"output={tmp_path / 'out'}", "--conf", "headrace.progress=false"]
+    if os.geteuid() == 0:
+        command = [*AS_IF_NOT_ROOT, *command]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                            env={**env, "HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "committed" in result.stdout and os.listdir(home) == []
+
+
 def test_the_scheduling_examples_parse(tmp_path):
     """The README's cron line, Airflow DAG and Kubernetes CronJob, kept as files."""
     import ast
