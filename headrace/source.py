@@ -81,6 +81,7 @@ class Files:
             raise ConfigError(f"input {self.given!r}: {exc}") from exc
         fs.invalidate_cache()  # a filesystem instance is shared in a process: list afresh
         candidates = retrying(lambda: self._candidates(fs, path), 5, 0.2, f"list {self.url}")
+        _refuse_names_not_utf8(candidates, self.given)
         output = 0
         if exclude:
             prefix = exclude.rstrip("/") + "/"
@@ -167,6 +168,18 @@ def _with_matched_folders(files: dict, folders: list[str], root: str, list_folde
                                                           if p.startswith(folder + "/")}
         kept.update({p: size for p, size in inside.items() if not _hidden(p, folder)})
     return kept
+
+
+def _refuse_names_not_utf8(paths, given: str) -> None:
+    """A local file whose name is not UTF-8 (Python holds its bytes as surrogates) cannot
+    be an input's `source` (Arrow strings are UTF-8): every run failed with `failed:
+    UnicodeEncodeError: ... surrogates not allowed` (exit 1, retried to no end). It is exit
+    2 before anything runs, naming the file, as Spark's job fails on it too."""
+    bad = sorted(p for p in paths if any("\udc80" <= ch <= "\udcff" for ch in p))
+    if bad:
+        shown = ", ".join(p.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for p in bad[:3])
+        raise ConfigError(f"input {given!r}: {len(bad)} file name(s) are not UTF-8 ({shown}{', ...' if len(bad) > 3 else ''}): "
+                          "rename them (convmv -f latin1 -t utf8) or leave them out of the input")
 
 
 def _folder_marker(path: str) -> bool:

@@ -94,6 +94,15 @@ def test_a_glob_that_matches_folders_reads_the_files_in_them(request, protocol, 
     assert not Files(crawl, extensions=(".txt",)).listing().ignored
 
 
+def test_a_file_name_that_is_not_utf8_is_named_in_an_exit_2(tmp_path):
+    """Before, every run failed with `UnicodeEncodeError: ... surrogates not allowed` (exit 1)."""
+    write(str(tmp_path), "good.txt", b"a document")
+    with open(os.path.join(os.fsencode(tmp_path), b"caf\xe9.txt"), "wb") as handle:  # Latin-1 bytes
+        handle.write(b"another")
+    with pytest.raises(headrace.ConfigError, match=rf"1 file name\(s\) are not UTF-8 \({tmp_path}/caf\\xe9.txt\): rename"):
+        Files(str(tmp_path)).listing()
+
+
 def test_a_folder_named_like_a_glob_is_read_as_it_is_named(tmp_path):
     write(str(tmp_path / "run[1]"), "x.txt", b"the folder's name has brackets")
     write(str(tmp_path / "run1"), "y.txt", b"what the brackets would match as a glob")
