@@ -103,12 +103,9 @@ class RunLock:
     def _stale(self) -> bool:
         """Whether there is a lock whose holder is gone; raises RunInProgress where its
         holder is alive."""
-        try:
-            holder = json.loads(self.storage.read_bytes(self.path))
-        except FileNotFoundError:
+        holder = self._holder()
+        if holder is None:
             return False  # none, or released meanwhile
-        except ValueError:
-            holder = {}  # half-written: a crash while taking it
         beat = float(holder.get("beat", 0.0))
         alive = time.time() - beat < self.stale_s
         if alive and holder.get("host") == socket.gethostname():
@@ -125,19 +122,21 @@ class RunLock:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                if self._holder().get("run_id") != self.run_id:
+                if (self._holder() or {}).get("run_id") != self.run_id:
                     return  # taken over: never write over the new holder's lock (check() says so)
                 self.storage.write_bytes(self.path, self._document())
             except Exception:  # noqa: BLE001 - a missed heartbeat is retried at the next one
                 pass
 
-    def _holder(self) -> dict:
+    def _holder(self) -> dict | None:
+        """The lock's document; None where there is no lock, {} where it cannot be read
+        (half-written: a crash while taking it)."""
         try:
             return json.loads(self.storage.read_bytes(self.path))
         except FileNotFoundError:
-            return {}
+            return None
         except ValueError:
-            return {"run_id": "(unreadable lock)"}
+            return {}
 
     def check(self) -> None:
         """Raise LockLost unless this run still holds the lock. A run that stalled longer
@@ -145,10 +144,10 @@ class RunLock:
         by a retry on another host, which resumed the same staging area; so the run asks
         before it publishes, and publishes nothing if the lock is no longer its own."""
         holder = self._holder()
-        if holder.get("run_id") != self.run_id:
+        if (holder or {}).get("run_id") != self.run_id:
             self._stop.set()
             who = (f"run {holder.get('run_id')}, pid {holder.get('pid')} on {holder.get('host')}" if holder
-                   else "no run: the lock is gone")
+                   else "no run: the lock is gone" if holder is None else "a lock it cannot read")
             raise LockLost(
                 f"this run lost the date's lock {self.path} (now held by {who}): its heartbeat was more than "
                 f"{self.stale_s:g} s old, so another run took the date over; nothing was published, the date is "

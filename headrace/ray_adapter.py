@@ -18,7 +18,6 @@ import secrets
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -42,6 +41,7 @@ from headrace.progress import Display, Timeline, measure
 from headrace.placement import LOCAL_CPU_SLOTS_PER_CORE, Cluster, Master, Placement
 from headrace.stage import Stage, StageContext
 from headrace.staging import StagedPart
+from headrace.storage import probe_write
 from headrace.utilisation import Call, Ledger
 from headrace.validation import validate_batch
 
@@ -112,8 +112,7 @@ def _token_without_a_writable_home() -> None:
         return
     try:
         os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        probe_write(folder)
     except OSError:
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 

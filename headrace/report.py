@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from headrace.errors import ConfigError, HeadraceError
+from headrace.storage import probe_write
 
 from headrace.utilisation import describe, describe_nodes
 
@@ -87,5 +88,10 @@ def check_report_path(path: str | None) -> None:
     if not os.path.isdir(folder):
         why = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
         raise ConfigError(f"--report {path}: its folder {folder} {why}")
-    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise ConfigError(f"--report {path}: cannot write there (permission denied)")
+    try:
+        if os.path.exists(path):
+            open(path, "a").close()  # opened for appending, left as it is
+        else:
+            probe_write(folder)
+    except OSError as exc:
+        raise ConfigError(f"--report {path}: cannot write there ({exc.strerror or exc})") from None

@@ -110,9 +110,12 @@ class Files:
             listed = {p: info.get("size") for p, info in found.items() if info.get("type") != "directory"}
             folders = [p for p, info in found.items() if info.get("type") == "directory"]
             # A `**` glob has listed everything below already; else each matched folder is listed.
-            return _with_matched_folders(listed, folders, _glob_root(path), None if "**" in path else
-                                         lambda folder: {p: i.get("size") for p, i in fs.find(folder, detail=True).items()
-                                                         if not _folder_marker(p)})
+            def listed_in(folder: str) -> dict[str, int | None]:
+                if "**" in path:  # listed below already
+                    return {p: size for p, size in listed.items() if p.startswith(folder + "/")}
+                return {p: i.get("size") for p, i in fs.find(folder, detail=True).items() if not _folder_marker(p)}
+
+            return _with_matched_folders(listed, folders, _glob_root(path), listed_in)
         if fs.isdir(path):
             return {p: info.get("size") for p, info in fs.find(path, detail=True).items()
                     if not _hidden(p, path) and not _folder_marker(p)}
@@ -150,23 +153,23 @@ def _local_files(fs, path: str, given: str) -> dict[str, int | None]:
     folders: list[str] = []
     walked = _walk_local(fs, root, depth, folders)
     listed = {p: size for p, size in walked.items() if pattern.match(p)}
-    # A `**` glob has walked everything below already; else each matched folder is walked.
-    return _with_matched_folders(listed, [f for f in folders if pattern.match(f)], root,
-                                 None if depth is None else lambda folder: _walk_local(fs, folder), walked)
+    def walked_in(folder: str) -> dict[str, int | None]:
+        if depth is None:  # a `**` glob has walked everything below already
+            return {p: size for p, size in walked.items() if p.startswith(folder + "/")}
+        return _walk_local(fs, folder)
+
+    return _with_matched_folders(listed, [f for f in folders if pattern.match(f)], root, walked_in)
 
 
-def _with_matched_folders(files: dict, folders: list[str], root: str, list_folder, walked: dict | None = None) -> dict:
-    """The files a glob matched, and every file in the folders it matched: a folder the glob
-    matches is read whole, as a folder given by name is, and as Spark reads
-    `crawl/2026-11-2*` (before, its files were left out: "matched no files"). Hidden names
-    (`_SUCCESS`, `.crc`) below the glob's root, or below a matched folder, are left out.
-    ``list_folder`` lists a folder's files; None where ``walked`` (or ``files``) holds them."""
+def _with_matched_folders(files: dict, folders: list[str], root: str, files_in) -> dict:
+    """The files a glob matched, and every file in the folders it matched (``files_in``
+    lists a folder's files): a folder the glob matches is read whole, as a folder given by
+    name is, and as Spark reads `crawl/2026-11-2*` (before, its files were left out:
+    "matched no files"). Hidden names (`_SUCCESS`, `.crc`) below the glob's root, or below
+    a matched folder, are left out."""
     kept = {p: size for p, size in files.items() if not _hidden(p, root)}
-    everything = walked if walked is not None else files
     for folder in _outermost(folders):
-        inside = list_folder(folder) if list_folder else {p: s for p, s in everything.items()
-                                                          if p.startswith(folder + "/")}
-        kept.update({p: size for p, size in inside.items() if not _hidden(p, folder)})
+        kept.update({p: size for p, size in files_in(folder).items() if not _hidden(p, folder)})
     return kept
 
 
@@ -175,11 +178,19 @@ def _refuse_names_not_utf8(paths, given: str) -> None:
     be an input's `source` (Arrow strings are UTF-8): every run failed with `failed:
     UnicodeEncodeError: ... surrogates not allowed` (exit 1, retried to no end). It is exit
     2 before anything runs, naming the file, as Spark's job fails on it too."""
-    bad = sorted(p for p in paths if any("\udc80" <= ch <= "\udcff" for ch in p))
+    bad = sorted(p for p in paths if not p.isascii() and not _utf8(p))
     if bad:
         shown = ", ".join(p.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for p in bad[:3])
         raise ConfigError(f"input {given!r}: {len(bad)} file name(s) are not UTF-8 ({shown}{', ...' if len(bad) > 3 else ''}): "
                           "rename them (convmv -f latin1 -t utf8) or leave them out of the input")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _folder_marker(path: str) -> bool:

@@ -82,11 +82,18 @@ def check_writable(storage: "Storage", path: str, what: str = "output") -> None:
     if not os.path.isdir(folder):
         raise ConfigError(f"cannot write the {what} at {path}: {folder} is a file, not a folder")
     try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        probe_write(folder)
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise ConfigError(f"cannot write the {what} at {path}: {exc.strerror} (in {folder})") from None
+
+
+def probe_write(folder: str) -> None:
+    """Raise OSError where this process may not create a file in the local ``folder``;
+    an unnamed temporary file (O_TMPFILE) leaves nothing behind. Unlike os.access, it
+    answers for the process's capabilities, not only its user ids."""
+    with tempfile.TemporaryFile(dir=folder):
+        pass
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
