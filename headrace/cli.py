@@ -37,10 +37,15 @@ def _exits(command):
     return wrapper
 
 
+_PUBLISHING = ("submit", "backfill")  # the commands whose failure leaves a partition as it was
+
+
 def _reported(command, args, kwargs):
     """Run a command; map exceptions to DESIGN.md's exit codes with a one-line message.
-    SIGTERM (a scheduler stopping the task) is an interrupt, as Ctrl-C is."""
+    SIGTERM (a scheduler stopping the task) is an interrupt, as Ctrl-C is. Only a command
+    that could publish says that nothing was (``status`` failing to reach a bucket said so)."""
     verbose = kwargs.get("verbose", False)
+    publishes = command.__name__ in _PUBLISHING
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, raise_terminated)
     try:
@@ -50,19 +55,20 @@ def _reported(command, args, kwargs):
         detail = getattr(exc, "detail", "")
         if detail:
             click.echo("  " + detail.rstrip().replace("\n", "\n  "), err=True)
-        if exc.exit_code == EXIT_FAILED:
+        if exc.exit_code == EXIT_FAILED and publishes:
             click.echo("headrace: nothing was published; the previous partition is unchanged", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
         how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        click.echo(f"headrace: {how}; nothing was published", err=True)
+        click.echo(f"headrace: {how}{'; nothing was published' if publishes else ''}", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # noqa: BLE001 - the last line of defence prints and exits 1
         if verbose:
             traceback.print_exc()
         message = str(exc).strip().splitlines()
         click.echo(f"headrace: failed: {type(exc).__name__}: {message[-1] if message else ''}", err=True)
-        click.echo("headrace: nothing was published; the previous partition is unchanged", err=True)
+        if publishes:
+            click.echo("headrace: nothing was published; the previous partition is unchanged", err=True)
         sys.exit(EXIT_FAILED)
 
 
@@ -414,16 +420,27 @@ def _backfill_exit(results: list[dict], planned: int) -> int:
     return EXIT_FAILED
 
 
+def _reader_settings(conf_pairs, properties_file) -> None:
+    """A command that reads an output (status, report) reads a bucket as the run wrote it:
+    ``headrace.storage_options`` from the run's properties file, ``HEADRACE_STORAGE_OPTIONS``
+    or ``--conf``, besides the libraries' own environment."""
+    engine = conf_mod.resolve_engine(properties_file=properties_file, conf=conf_mod.parse_pairs(list(conf_pairs)))
+    conf_mod.use_storage_options(engine.storage_options)
+
+
 @main.command()
 @click.argument("output")
 @click.option("--ds", required=True, help="The logical date, YYYY-MM-DD.")
+@_with(_conf_options)
 @_exits
-def status(output, ds):
+def status(output, ds, conf_pairs, properties_file):
     """Exit 0 when OUTPUT's partition for --ds is committed (and print its summary), 1 when
-    not: a sensor for downstream jobs. Buckets take credentials and endpoints as any run."""
+    not: a sensor for downstream jobs. Buckets take credentials and endpoints as any run
+    (the environment, or headrace.storage_options from --conf or the run's properties file)."""
     from headrace.committed import partition_status
 
     day = conf_mod.parse_ds(ds)
+    _reader_settings(conf_pairs, properties_file)
     committed, line = partition_status(output, day)
     click.echo(line)
     sys.exit(EXIT_OK if committed else EXIT_FAILED)
@@ -432,11 +449,14 @@ def status(output, ds):
 @main.command()
 @click.argument("output")
 @click.option("--ds", required=True, help="The logical date, YYYY-MM-DD.")
+@_with(_conf_options)
 @_exits
-def report(output, ds):
-    """Write the HTML report of the latest run of OUTPUT for --ds again, and print its path."""
+def report(output, ds, conf_pairs, properties_file):
+    """Write the HTML report of the latest run of OUTPUT for --ds again, and print its path
+    (buckets: as for status)."""
     from headrace import html_report
 
+    _reader_settings(conf_pairs, properties_file)
     page = html_report.rewrite(output, conf_mod.parse_ds(ds))
     if page is None:
         click.echo(f"headrace: no run report for {output} ds={ds} (in {output}/_reports/ds={ds}/)", err=True)

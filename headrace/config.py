@@ -118,6 +118,22 @@ def parse_storage_options(value: str | dict) -> dict[str, dict]:
     return options
 
 
+def use_storage_options(options: str | dict | None) -> dict[str, str]:
+    """Apply ``headrace.storage_options`` to this process and every worker it starts, through
+    fsspec's own ``FSSPEC_<PROTOCOL>`` variables (set before Ray starts, so local workers
+    inherit them); returns those variables, for a cluster job's runtime environment."""
+    if options is None:
+        return {}
+    import fsspec.config
+
+    env = {}
+    for protocol, values in parse_storage_options(options).items():
+        fsspec.config.conf.setdefault(protocol, {}).update(values)
+        env[f"FSSPEC_{protocol.upper()}"] = json.dumps(values)
+    os.environ.update(env)
+    return env
+
+
 def redacted(options: str | dict | None) -> dict | None:
     """What a manifest may say of storage options: the protocols and keys, no values."""
     if options is None:
@@ -194,6 +210,42 @@ def resolve(
         else:
             raise ConfigError(f"pipeline {factory.name} needs setting {name!r} (--conf {name}=...)")
     engine = EngineConf(**{k[len(ENGINE_PREFIX):]: v for k, v in values.items() if k.startswith(ENGINE_PREFIX)})
+    _check_engine(engine)
+    day = parse_ds(ds)
+    settings = {k: v.replace("{ds}", day) if isinstance(v, str) else v for k, v in settings.items()}
+    return RunConf(engine=engine, settings=settings, ds=day, sources=sources)
+
+
+def resolve_engine(*, properties_file: str | None = None, conf: Mapping[str, Any] | None = None,
+                   environ: Mapping[str, str] | None = None) -> EngineConf:
+    """Engine settings for a command that runs no pipeline (``status``, ``report``), from the
+    same places as a run's: the properties file, ``HEADRACE_*`` variables and ``--conf
+    headrace.*``. The run's own properties file may be given: its pipeline settings are not
+    this command's and are left alone, but a ``--conf`` key that is not an engine key, or a
+    ``HEADRACE_*`` variable that names nothing, is an error as in a run."""
+    environ = os.environ if environ is None else environ
+    known = {ENGINE_PREFIX + k: t for k, t in typing.get_type_hints(EngineConf).items()}
+    values: dict[str, Any] = {}
+
+    def apply(layer: Mapping[str, Any], origin: str, others_allowed: bool) -> None:
+        for key, value in layer.items():
+            if key in known:
+                values[key] = _coerce(key, value, known[key], origin)
+            elif key.startswith(ENGINE_PREFIX) or not others_allowed:
+                raise ConfigError(f"unknown conf key {key!r} (from {origin}); this command takes engine keys only: "
+                                  f"{', '.join(sorted(known))}")
+
+    if properties_file:
+        apply(_read_properties(properties_file, known), f"properties file {properties_file}", True)
+    apply(_from_env(known, environ, None), "environment", True)
+    apply(conf or {}, "--conf", False)
+    engine = EngineConf(**{k[len(ENGINE_PREFIX):]: v for k, v in values.items()})
+    _check_engine(engine)
+    return engine
+
+
+def _check_engine(engine: EngineConf) -> None:
+    """Out-of-range engine settings: exit 2 before anything runs."""
     if engine.object_store_memory is not None:
         parse_bytes(engine.object_store_memory, f"{ENGINE_PREFIX}object_store_memory")
     if engine.storage_options is not None:
@@ -213,9 +265,6 @@ def resolve(
         raise ConfigError(f"{ENGINE_PREFIX}lock_wait_s={engine.lock_wait_s}: 0 (do not wait) or more seconds, please")
     if not engine.progress_every_s > 0:
         raise ConfigError(f"{ENGINE_PREFIX}progress_every_s={engine.progress_every_s}: more than 0 seconds, please")
-    day = parse_ds(ds)
-    settings = {k: v.replace("{ds}", day) if isinstance(v, str) else v for k, v in settings.items()}
-    return RunConf(engine=engine, settings=settings, ds=day, sources=sources)
 
 
 def _hints(factory: PipelineFactory) -> dict[str, Any]:
@@ -231,11 +280,17 @@ def _env_name(key: str) -> str:
     return "HEADRACE_CONF_" + re.sub(r"\W", "_", key).upper()
 
 
-def _from_env(known: Mapping[str, Any], environ: Mapping[str, str], pipeline: str) -> dict[str, str]:
+def _from_env(known: Mapping[str, Any], environ: Mapping[str, str], pipeline: str | None) -> dict[str, str]:
     """The settings given as HEADRACE_* variables; a HEADRACE_* variable that names no
-    setting is a typo, refused like an unknown --conf key."""
+    setting is a typo, refused like an unknown --conf key. Without a pipeline (``status``)
+    the ``HEADRACE_CONF_*`` variables are some pipeline's, not this command's."""
     names = {_env_name(key): key for key in known}
     for variable in sorted(environ):
+        if pipeline is None and variable.startswith("HEADRACE_CONF_"):
+            continue
+        if pipeline is None and variable.startswith("HEADRACE_") and variable not in names:
+            raise ConfigError(f"unknown environment variable {variable}: engine settings are "
+                              f"{', '.join(sorted(names))}")
         if variable.startswith("HEADRACE_") and variable not in names:
             settings = sorted(n for n in names if n.startswith("HEADRACE_CONF_"))
             raise ConfigError(

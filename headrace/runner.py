@@ -13,9 +13,7 @@ The order of a run, and where each step lives:
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headrace import commit, staging
-from headrace.config import ENGINE_PREFIX, EngineConf, default_ds, parse_bytes, parse_storage_options, redacted
+from headrace.config import ENGINE_PREFIX, EngineConf, default_ds, parse_bytes, redacted, use_storage_options
 from headrace.errors import NoInputs
 from headrace.fingerprint import fingerprint
 from headrace.lock import RunLock
@@ -81,7 +79,7 @@ def run(
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
-    worker_env = _storage_environment(engine.storage_options)
+    worker_env = use_storage_options(engine.storage_options)
     listed = list_inputs(pipeline, engine)
     inputs, sizes, warnings = listed.records, listed.sizes, list(listed.warnings)
     timings["list_s"] = time.perf_counter() - started
@@ -278,21 +276,6 @@ def size_histogram(sizes: pa.Array) -> dict:
     counts = np.histogram(known, bins=[*edges, float("inf")])[0].tolist() if len(known) else []
     return {"edges": edges, "counts": counts, "files": len(sizes), "unknown": sizes.null_count,
             "bytes": int(known.sum()) if len(known) else 0}
-
-
-def _storage_environment(options: str | None) -> dict[str, str]:
-    """fsspec options per protocol for this process and every worker, through fsspec's own
-    ``FSSPEC_<PROTOCOL>`` variables (set before Ray starts, so local workers inherit them)."""
-    if options is None:
-        return {}
-    import fsspec.config
-
-    env = {}
-    for protocol, values in parse_storage_options(options).items():
-        fsspec.config.conf.setdefault(protocol, {}).update(values)
-        env[f"FSSPEC_{protocol.upper()}"] = json.dumps(values)
-    os.environ.update(env)
-    return env
 
 
 def recordable_config(config: dict[str, Any] | None) -> dict[str, Any]:

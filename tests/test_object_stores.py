@@ -189,6 +189,30 @@ def test_storage_options_from_a_conf_key_reach_every_worker_and_are_never_writte
     recorded = json.loads(report.read_text())["config"]["headrace.storage_options"]
     assert recorded == {"s3": {"endpoint_url": "***", "key": "***", "secret": "***"}}
 
+    # The sensor and the report page read the bucket with the options the run was given,
+    # from each place a run takes them: before, they took none (NoCredentialsError, exit 1).
+    properties = tmp_path / "job.yaml"  # the run's own file: its pipeline settings are left alone
+    properties.write_text(f"input: s3://hr-options/docs\nheadrace:\n  storage_options: {options}\n")
+
+    def command(*args, environ=()):
+        return subprocess.run([*HEADRACE, *args], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                              env={**env, **dict(environ)})
+
+    ways = [(["--conf", f"headrace.storage_options={options}"], ()),
+            (["--properties-file", str(properties)], ()),
+            ([], [("HEADRACE_STORAGE_OPTIONS", options), ("HEADRACE_CONF_INPUT", "s3://hr-options/docs")])]
+    for args, environ in ways:
+        status = command("status", "s3://hr-options/out", "--ds", DS, *args, environ=environ)
+        assert status.returncode == 0 and f"ds={DS} committed" in status.stdout, (args, status.stderr[-2000:])
+    page = command("report", "s3://hr-options/out", "--ds", DS, "--properties-file", str(properties))
+    assert page.returncode == 0 and fs.exists(page.stdout.strip().removeprefix("s3://")), page.stderr[-2000:]
+    # Without them it cannot tell, and says no more than that: a sensor publishes nothing.
+    blind = command("status", "s3://hr-options/out", "--ds", DS)
+    assert blind.returncode == 1 and "NoCredentialsError" in blind.stderr
+    assert "published" not in blind.stderr
+    # A --conf key that is no engine key is a mistake here as in a run.
+    assert command("status", "s3://hr-options/out", "--ds", DS, "--conf", "input=x").returncode == 2
+
 
 def test_a_kill_at_any_step_of_publishing_on_s3_leaves_the_old_rows_or_the_new(s3_server):
     """Publish on a store: copies, one PUT of _SUCCESS, deletes of what it does not list, clean-up."""
