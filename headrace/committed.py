@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem as LocalFileSystemSpec
 from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
 
-from headrace.storage import parquet_table
+from headrace.storage import parquet_file
 
 MANIFEST = "_SUCCESS"
 READ_THREADS = 8  # files read at once: on a bucket each is a request or a few
@@ -94,29 +94,37 @@ def read(output: str, ds: str | None = None, columns: Sequence[str] | None = Non
 
     Files are read several at once on Python threads: on a local disk by Arrow's own
     reader (only the columns asked for); on other stores fetched whole and parsed from
-    memory Arrow owns (``storage.parquet_table``). Arrow is never handed a Python file:
+    memory Arrow owns (``storage.parquet_file``). Arrow is never handed a Python file:
     its dataset scanner over a Python filesystem lets go of Python objects on its own
     threads after returning, and a script that exits just then aborts (SIGABRT;
     apache/arrow#34314). A scheduler's task reading the output and exiting at once failed
     about half the time."""
     fs, _, files = committed_files(output, ds, storage_options)
-    wanted = list(columns) if columns else None
-    stored = [name for name in wanted if name != "ds"] if wanted else None
+    # One column may be given as its name (before, "text" was read as columns t, e, x, t);
+    # [] means no column (the rows are still counted), None every column.
+    wanted = [columns] if isinstance(columns, str) else None if columns is None else list(columns)
+    stored = [name for name in wanted if name != "ds"] if wanted is not None else None
 
     local = _plain_local(fs)  # Arrow's own reader, only the columns asked for
 
-    def one(item: tuple[str, str]) -> pa.Table:
+    def one(item: tuple[str, str]) -> tuple[pa.Table, list[str]]:
         date, path = item
-        if local:
-            table = pq.ParquetFile(path).read(columns=stored)
-        else:
-            table = parquet_table(fs.cat_file(path), stored)
-        return table.append_column("ds", pa.array([date] * table.num_rows, pa.string()))
+        parquet = pq.ParquetFile(path) if local else parquet_file(fs.cat_file(path))
+        names = parquet.schema_arrow.names
+        # A column that only some dates have is null in the others, as with every column.
+        table = parquet.read(columns=None if stored is None else [n for n in stored if n in names])
+        return table.append_column("ds", pa.array([date] * table.num_rows, pa.string())), names
 
     with ThreadPoolExecutor(max(1, min(READ_THREADS, len(files)))) as pool:
-        tables = list(pool.map(one, files))
-    table = pa.concat_tables(tables, promote_options="default")
-    return table.select(wanted) if wanted else table
+        read = list(pool.map(one, files))
+    if stored:
+        present = {name for _, names in read for name in names}
+        missing = [name for name in stored if name not in present]
+        if missing:
+            raise KeyError(f"{output} has no column {', '.join(map(repr, missing))}: its columns are "
+                           f"{', '.join(sorted(present))}, and ds")
+    table = pa.concat_tables([t for t, _ in read], promote_options="default")
+    return table.select(wanted) if wanted is not None else table
 
 
 def scan(output: str, ds: str | None = None, storage_options: dict | None = None):

@@ -101,6 +101,13 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in protocols or getattr(fs, "local_file", False)
 
 
+def parquet_file(data: bytes) -> pq.ParquetFile:
+    """A Parquet file from its bytes, copied first into memory Arrow owns (see parquet_table)."""
+    sink = pa.BufferOutputStream()
+    sink.write(data)
+    return pq.ParquetFile(pa.BufferReader(sink.getvalue()))
+
+
 def parquet_table(data: bytes, columns: list[str] | None = None) -> pa.Table:
     """A Parquet file's rows from its bytes, copied first into memory Arrow owns.
 
@@ -110,9 +117,7 @@ def parquet_table(data: bytes, columns: list[str] | None = None) -> pa.Table:
     exiting by then the process aborts (SIGABRT, "terminate called without an active
     exception"; apache/arrow#34314). A script that read the output and exited at once
     aborted in about half of its runs here."""
-    sink = pa.BufferOutputStream()
-    sink.write(data)
-    return pq.ParquetFile(pa.BufferReader(sink.getvalue())).read(columns=columns)
+    return parquet_file(data).read(columns=columns)
 
 
 class Storage:

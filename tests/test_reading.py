@@ -68,3 +68,38 @@ def test_a_script_that_reads_the_output_and_exits_at_once_exits_0(tmp_path):
     codes = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT).returncode
              for _ in range(8)]
     assert codes == [0] * 8
+
+
+def test_columns_are_read_by_name_and_a_column_some_dates_lack_is_null_there(tmp_path):
+    """An output whose pipeline gained a column (a new stage) holds dates with and without
+    it: that column is null in the older dates. Before, a name given as a string was read
+    as its letters (KeyError: Field "t" does not exist), ``columns=[]`` read every column,
+    and a name no date has was Arrow's KeyError, which said nothing of the output's columns."""
+    import json
+
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pytest
+
+    def partition(fs, root, day, table):
+        fs.makedirs(f"{root}/ds={day}", exist_ok=True)
+        with fs.open(f"{root}/ds={day}/part-0.parquet", "wb") as handle:
+            pq.write_table(table, handle)
+        fs.pipe_file(f"{root}/ds={day}/_SUCCESS", json.dumps({"files": [{"path": "part-0.parquet"}]}).encode())
+
+    memory = fsspec.filesystem("memory")
+    # On a disk (Arrow's reader) and on any other store (bytes fetched and parsed).
+    for fs, root, out in ((fsspec.filesystem("file"), str(tmp_path / "out"), str(tmp_path / "out")),
+                          (memory, "/reading-out", "memory://reading-out")):
+        partition(fs, root, "2026-10-20", pa.table({"text": ["a", "b"]}))
+        partition(fs, root, "2026-10-21", pa.table({"text": ["c"], "n": [7]}))
+
+        both = headrace.read(out, columns=["text", "n", "ds"])
+        assert both.column_names == ["text", "n", "ds"]
+        assert sorted(zip(*both.to_pydict().values())) == [
+            ("a", None, "2026-10-20"), ("b", None, "2026-10-20"), ("c", 7, "2026-10-21")]
+        assert headrace.read(out, columns="text").column("text").to_pylist() == ["a", "b", "c"]
+        assert headrace.read(out, ds="2026-10-21", columns=[]).num_rows == 1
+        with pytest.raises(KeyError, match=r"no column 'nope': its columns are n, text, and ds"):
+            headrace.read(out, columns=["text", "nope"])
