@@ -127,6 +127,8 @@ class Generate(Stage):
             raise ValueError(f"temperature must be 0 (greedy) or more, and finite, got {temperature}")
         if any(not s for s in stop):
             raise ValueError("a stop string is empty")
+        if not -2**63 <= seed < 2**64:  # before: OverflowError in every actor's sampler, at run time
+            raise ValueError(f"seed must fit in 64 bits (-2**63 to 2**64-1), got {seed}")
         self.model, self.max_new_tokens, self.temperature, self.seed = model, max_new_tokens, temperature, seed
         self.stop, self.max_batch_tokens, self.engine = tuple(stop), max_batch_tokens, engine
         self.precision = check_precision(precision)

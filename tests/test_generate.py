@@ -256,6 +256,18 @@ def test_a_negative_temperature_is_a_configuration_error(temperature):
         job.build(temperature=temperature)
 
 
+@pytest.mark.parametrize("seed", [2**64, -2**63 - 1])
+def test_a_seed_beyond_64_bits_is_a_configuration_error(seed):
+    """Before, it was taken, and every row's sampler failed on the workers (OverflowError:
+    Overflow when unpacking long long)."""
+    from headrace import loader
+
+    job = loader.load(os.path.join(ROOT, "pipelines", "llm_generate.py"))
+    with pytest.raises(headrace.ConfigError, match=r"seed must fit in 64 bits"):
+        job.build(seed=seed, temperature=1.0)
+    job.build(seed=2**64 - 1, temperature=1.0)
+
+
 def test_max_new_tokens_that_leave_no_room_for_a_prompt_are_a_configuration_error(tiny_lm):
     """Before, every row was quarantined for its length, on the workers, and the gate
     refused the run (exit 3)."""
