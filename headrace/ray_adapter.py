@@ -243,7 +243,14 @@ def configure(verbose: bool, object_store_memory: int | None) -> None:
     context.execution_options.resource_limits = limits.copy(object_store_memory=budget)
     context.enable_progress_bars = verbose
     context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.INFO if verbose else logging.ERROR)
+    # Ray Data's log file (ray-data.log in the session's logs) keeps all it logs, as Ray sets
+    # it up; the terminal has its lines only with --verbose. Without it a failed task's
+    # error is headrace's to print, once, with its traceback: Ray Data's console printed the
+    # same trace twice more (a full disk: 245 lines on stderr).
+    logger = logging.getLogger("ray.data")
+    for handler in logger.handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.INFO if verbose else logging.CRITICAL + 1)
 
 
 class _StageActor:
@@ -634,4 +641,19 @@ def _task_error(text: str) -> tuple[str, str]:
     last line is otherwise Ray Data's advice on retries."""
     first = _ANSI.sub("", text).split("\nThe above exception was the direct cause")[0].strip()
     lines = first.splitlines()
-    return f"a task failed: {lines[-1] if lines else 'unknown error'}", "\n".join(lines[1:-1])[-3000:]
+    return f"a task failed: {lines[-1] if lines else 'unknown error'}", _last_lines(lines[1:-1], 3000)
+
+
+def _last_lines(lines: list[str], limit: int) -> str:
+    """The last whole lines of a traceback that fit in ``limit`` characters (before, the
+    cut fell mid-line and the detail began with half a file name)."""
+    kept, size = [], 0
+    for line in reversed(lines):
+        size += len(line) + 1
+        if size > limit and kept:
+            while kept and not kept[-1].lstrip().startswith('File "'):  # start at a frame
+                kept.pop()
+            kept.append("...")
+            break
+        kept.append(line)
+    return "\n".join(reversed(kept))

@@ -11,6 +11,7 @@ Object stores have no rename: there a "rename" is a server-side copy and a delet
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -120,6 +121,18 @@ def parquet_table(data: bytes, columns: list[str] | None = None) -> pa.Table:
     return parquet_file(data).read(columns=columns)
 
 
+@contextlib.contextmanager
+def _naming(path: str):
+    """An OSError that names no file gets ``path``: a write into a full disk said only
+    ``OSError: [Errno 28] No space left on device``, not which disk."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is not None and exc.filename is None:
+            exc.filename = path
+        raise
+
+
 class Storage:
     """An fsspec filesystem with retried operations on absolute paths of that filesystem."""
 
@@ -155,6 +168,10 @@ class Storage:
         self._write(path, lambda handle: handle.write(data))
 
     def _write(self, path: str, write: Callable[[Any], None]) -> int:
+        with _naming(path):
+            return self._write_unnamed(path, write)
+
+    def _write_unnamed(self, path: str, write: Callable[[Any], None]) -> int:
         if not self.local:
             def upload() -> None:
                 with self.fs.open(path, "wb") as handle:
