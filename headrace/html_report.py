@@ -17,6 +17,8 @@ from typing import Any
 
 import fsspec
 
+from headrace.storage import Storage
+
 REPORTS = "_reports"
 HISTORY = 60  # earlier runs shown beside this one
 
@@ -27,9 +29,12 @@ def write(output: str, document: dict[str, Any]) -> str:
     folder = posixpath.join(root.rstrip("/"), REPORTS, f"ds={document['ds']}")
     fs.makedirs(folder, exist_ok=True)
     name = document.get("run_id") or f"failed-{document.get('ended_at', 'unknown').replace(':', '')}"
-    fs.pipe_file(posixpath.join(folder, f"{name}.json"), json.dumps(document, indent=1, default=str).encode())
+    # Whole or not at all (a temporary file renamed on a disk): a full disk left half a
+    # document, and `headrace report` for that date failed on it from then on.
+    storage = Storage(fs, retries=1)
+    storage.write_bytes(posixpath.join(folder, f"{name}.json"), json.dumps(document, indent=1, default=str).encode())
     page = posixpath.join(folder, f"{name}.html")
-    fs.pipe_file(page, render(document, history(fs, root)).encode())
+    storage.write_bytes(page, render(document, history(fs, root)).encode())
     return fs.unstrip_protocol(page) if not _local(fs) else page
 
 
@@ -40,7 +45,9 @@ def rewrite(output: str, ds: str) -> str | None:
     found = sorted(fs.glob(posixpath.join(root.rstrip("/"), REPORTS, f"ds={ds}", "*.json")))
     if not found:
         return None
-    documents = [json.loads(fs.cat_file(path)) for path in found]
+    documents = _readable(fs, found)
+    if not documents:
+        return None
     latest = max(documents, key=lambda d: str(d.get("started_at") or d.get("ended_at") or ""))
     return write(output, latest)
 
@@ -49,14 +56,23 @@ def history(fs, root: str) -> list[dict]:
     """The latest HISTORY report documents, oldest first. Paths sort by date, then by run id
     (which starts with the run's UTC start time), so only those are read."""
     fs.invalidate_cache()
-    documents = []
-    for path in sorted(fs.glob(posixpath.join(root.rstrip("/"), REPORTS, "ds=*", "*.json")))[-HISTORY:]:
-        try:
-            documents.append(json.loads(fs.cat_file(path)))
-        except (OSError, ValueError):
-            continue
+    documents = _readable(fs, sorted(fs.glob(posixpath.join(root.rstrip("/"), REPORTS, "ds=*", "*.json")))[-HISTORY:])
     documents.sort(key=lambda d: (str(d.get("ds")), str(d.get("started_at") or d.get("ended_at") or "")))
     return documents[-HISTORY:]
+
+
+def _readable(fs, paths: list[str]) -> list[dict]:
+    """The report documents among ``paths`` that can be read: one cut short by an older
+    version's write into a full disk (or a file someone put there) is passed over."""
+    documents = []
+    for path in paths:
+        try:
+            document = json.loads(fs.cat_file(path))
+        except (OSError, ValueError):
+            continue
+        if isinstance(document, dict):
+            documents.append(document)
+    return documents
 
 
 def _local(fs) -> bool:

@@ -219,6 +219,7 @@ class Storage:
         return self.retry(f"read {path}", lambda: self.fs.cat_file(path))
 
     def write_bytes(self, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path`` atomically (whole or not at all)."""
         self._write(path, lambda handle: handle.write(data))
 
     def copy(self, source: str, target: str) -> None:

@@ -1,3 +1,4 @@
+import contextlib
 import os
 import random
 import sys
@@ -167,3 +168,22 @@ def bucket(protocol: str, name: str):
     fs = fsspec.filesystem(protocol, skip_instance_cache=True)
     fs.mkdir(name)
     return fs
+
+
+@contextlib.contextmanager
+def small_disk(path, size: str):
+    """A tmpfs of ``size`` (``20k``) mounted at ``path``: a disk that fills up. Yields a
+    function that resizes it (``remount("64m")``: space freed). Skips the test where this
+    machine may not mount (it needs root's CAP_SYS_ADMIN)."""
+    os.makedirs(path, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+
+    def remount(new_size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={new_size}", str(path)], check=True)
+
+    try:
+        yield remount
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

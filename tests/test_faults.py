@@ -6,7 +6,7 @@ import subprocess
 
 import pyarrow.parquet as pq
 
-from conftest import HEADRACE, ROOT, write
+from conftest import HEADRACE, ROOT, small_disk, write
 from headrace.source import stable_id
 
 CRASHING = os.path.join(ROOT, "tests", "fixtures", "crashing_actor.py")
@@ -73,13 +73,7 @@ def test_a_full_disk_fails_the_run_in_a_few_lines_naming_the_file_and_the_rerun_
     import random
 
     disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20k", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        import pytest
-
-        pytest.skip(f"cannot mount a small tmpfs here (needs root's CAP_SYS_ADMIN): {mounted.stderr.decode().strip()}")
-    try:
+    with small_disk(disk, "20k") as remount:
         rng = random.Random(3)
         for index in range(200):
             write(str(tmp_path / "in"), f"doc-{index:03d}.txt",
@@ -102,7 +96,7 @@ def test_a_full_disk_fails_the_run_in_a_few_lines_naming_the_file_and_the_rerun_
         assert detail.strip() in ("...", "Traceback (most recent call last):") or detail.strip().startswith('File "'), detail
         assert not os.path.exists(disk / "out" / "ds=2026-07-03")
 
-        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        remount("64m")
         again = run()
         assert again.returncode == 0, again.stderr[-3000:]
         table = pq.read_table(str(disk / "out" / "ds=2026-07-03"))
@@ -110,5 +104,3 @@ def test_a_full_disk_fails_the_run_in_a_few_lines_naming_the_file_and_the_rerun_
             [f"doc-{index:03d}.txt" for index in range(200)]
         manifest = json.loads((disk / "out" / "ds=2026-07-03" / "_SUCCESS").read_text())
         assert manifest["resume"]["attempt"] == 2 and manifest["counts"]["quarantined"] == 0
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

@@ -77,3 +77,30 @@ def test_every_run_writes_a_self_contained_page_that_renders_with_no_console_err
     broken = tmp_path / "broken.html"
     broken.write_text("<html><body><script>undefinedFunction();</script></body></html>")
     assert any("Uncaught ReferenceError" in line for line in chromium(broken.as_uri(), "--dump-dom")[1])
+
+
+def test_a_report_that_does_not_fit_on_the_disk_leaves_no_half_document_behind(tmp_path):
+    """Before, a full disk left the report's JSON cut short, and `headrace report` for that
+    date failed on it from then on (JSONDecodeError, exit 1)."""
+    import pytest
+
+    from conftest import small_disk
+    from headrace import html_report
+
+    disk = tmp_path / "disk"
+    output = disk / "out"
+    folder = output / "_reports" / "ds=2026-11-02"
+    with small_disk(disk, "20k") as remount:
+        html_report.write(str(output), {"ds": "2026-11-02", "run_id": "20261102T010000Z-aaaaaa", "status": "committed",
+                                        "started_at": "2026-11-02T01:00:00+00:00"})
+        large = {"ds": "2026-11-02", "run_id": "20261102T020000Z-bbbbbb", "status": "failed",
+                 "started_at": "2026-11-02T02:00:00+00:00", "reason": "x" * 40_000}
+        with pytest.raises(OSError, match="No space left on device"):
+            html_report.write(str(output), large)
+        assert sorted(p.name for p in folder.iterdir()) == ["20261102T010000Z-aaaaaa.html", "20261102T010000Z-aaaaaa.json"]
+
+        # A document cut short by an older version is passed over, not the end of the command.
+        (folder / "20261102T030000Z-cccccc.json").write_text('{"ds": "2026-11-02", "run_id": "2026')
+        remount("64m")
+        again = cli("report", str(output), "--ds", "2026-11-02")
+        assert again.returncode == 0 and again.stdout.strip() == str(folder / "20261102T010000Z-aaaaaa.html"), again.stderr
