@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
+import stat
+import tempfile
 from typing import Any
 
 from headrace.errors import ConfigError, HeadraceError
@@ -70,11 +73,30 @@ def write_report(path: str, manifest: dict[str, Any]) -> None:
     """The run's manifest, the same document as its ``_SUCCESS``. A report that cannot be
     written is a warning: it never turns a committed run into a failure, nor hides why a
     run failed (checked before anything runs: ``check_report_path``)."""
+    data = json.dumps(manifest, indent=2, default=str)
+    temporary = None
     try:
-        with open(path, "w") as handle:
-            json.dump(manifest, handle, indent=2, default=str)
+        if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+            with open(path, "w") as handle:  # /dev/stdout, a named pipe: written as they are
+                handle.write(data)
+            return
+        target = os.path.realpath(path)  # a link's target is the report, not the link
+        # Whole or not at all: a full disk left the file cut short (or the last run's
+        # report half overwritten), and a scheduler reading it found no JSON there.
+        fd, temporary = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # as open(path, "w") would make it, not mkstemp's 0600
+        os.replace(temporary, target)
+        temporary = None
     except OSError as exc:
         logging.getLogger("headrace").warning("the run report was not written to %s: %s", path, exc.strerror or exc)
+    finally:
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.remove(temporary)
 
 
 def check_report_path(path: str | None) -> None:

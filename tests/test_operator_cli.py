@@ -129,6 +129,36 @@ def test_a_report_that_cannot_be_written_at_the_end_is_a_warning_not_the_runs_ou
     assert f"the run report was not written to {tmp_path}/gone/report.json: No such file or directory" in caplog.text
 
 
+def test_a_report_is_written_whole_or_not_at_all_and_to_a_pipe_as_it_is(tmp_path, caplog):
+    """Before, a full disk cut the report short (over the last run's): a scheduler that
+    reads it found no JSON there."""
+    import threading
+
+    from conftest import small_disk
+    from headrace.report import write_report
+
+    disk = tmp_path / "disk"
+    with small_disk(disk, "20k"):
+        report = disk / "report.json"
+        write_report(str(report), {"status": "committed", "ds": "2026-11-01"})
+        write_report(str(report), {"status": "committed", "ds": "2026-11-02", "warnings": ["x" * 40_000]})
+        assert "the run report was not written to" in caplog.text and "No space left on device" in caplog.text
+        assert json.loads(report.read_text())["ds"] == "2026-11-01" and os.listdir(disk) == ["report.json"]
+    # A link is followed; a named pipe (or --report /dev/stdout) is written as it is.
+    target, link, pipe = tmp_path / "target.json", tmp_path / "link.json", tmp_path / "pipe"
+    target.write_text("{}")
+    link.symlink_to(target)
+    write_report(str(link), {"status": "failed"})
+    assert link.is_symlink() and json.loads(target.read_text()) == {"status": "failed"}
+    os.mkfifo(pipe)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_text()))
+    reader.start()
+    write_report(str(pipe), {"status": "invalid"})
+    reader.join(timeout=10)
+    assert json.loads(received[0]) == {"status": "invalid"} and pipe.is_fifo()
+
+
 def test_the_report_is_written_on_every_outcome(tmp_path, docs):
     report = tmp_path / "report.json"
     bad = cli("submit", WORD_COUNT, "--conf", "inptu=x", "--report", str(report))
