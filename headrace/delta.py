@@ -13,8 +13,10 @@ Old files stay on disk for time travel until you VACUUM the table.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
+import random
 import time
 from dataclasses import dataclass
 
@@ -24,6 +26,8 @@ from headrace.commit import Layout, copy_staged, sweep
 from headrace.errors import ConfigError
 from headrace.sink import ParquetSink
 from headrace.staging import MANIFEST
+
+log = logging.getLogger("headrace")
 
 
 @dataclass(frozen=True)
@@ -73,9 +77,8 @@ class DeltaSink(ParquetSink):
                           "its other dates were written with it: write to a new table, or convert this one first")
 
     def publish(self, area, manifest: dict, run: dict, ds: str, files: Layout, schema: pa.Schema) -> None:
-        from deltalake import DeltaTable, Schema
-        from deltalake.exceptions import TableNotFoundError
-        from deltalake.transaction import AddAction, create_table_with_add_actions
+        from deltalake import Schema
+        from deltalake.transaction import AddAction
 
         partition, quarantine = self.partition(ds), self.quarantine(ds)
         copy_staged(area, partition, quarantine, files)
@@ -86,15 +89,52 @@ class DeltaSink(ParquetSink):
             for entry in files.files if entry["rows"]
         ]
         schema = Schema.from_arrow(schema.append(pa.field("ds", pa.string())))  # with the partition column
-        uri, options = self.table_uri(ds), self.delta_options()
-        try:
-            table = DeltaTable(uri, storage_options=options)
-        except TableNotFoundError:
-            create_table_with_add_actions(uri, schema, adds, mode="append", partition_by=["ds"], storage_options=options)
-        else:
-            table.create_write_transaction(adds, mode="overwrite", schema=schema, partition_by=["ds"],
-                                           partition_filters=[("ds", "=", ds)])
+        commit_partition(self.table_uri(ds), self.delta_options(), schema, adds, ds)
         storage = area.storage
         storage.write_json(posixpath.join(partition, MANIFEST), manifest)
         sweep(storage, quarantine, set(files.quarantine_files))
         storage.remove(area.root, recursive=True, missing_ok=True)
+
+
+COMMIT_ATTEMPTS = 10
+
+
+def commit_partition(uri: str, options: dict[str, str], schema, adds: list, ds: str,
+                     attempts: int = COMMIT_ATTEMPTS) -> int:
+    """One transaction that makes ``adds`` the whole of partition ``ds`` (creating the table
+    on its first commit); returns how many tries it took.
+
+    Runs of other dates commit to the same log: delta-rs refuses a transaction when another
+    landed since it read the table (`a concurrent transaction deleted data this operation
+    read`; on a new table, `Protocol changed since last commit`), even where the two touch
+    different partitions. Three dates committing at once failed 38 of 60 commits here,
+    each a run that failed after all its work. The transaction is made again on the newer
+    version, after a random pause: it replaces only ``ds``, which no other run may write
+    (the date's lock), so what landed in between is kept."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+    from deltalake.transaction import create_table_with_add_actions
+
+    for attempt in range(1, attempts + 1):
+        try:
+            try:
+                table = DeltaTable(uri, storage_options=options)
+            except TableNotFoundError:
+                try:
+                    create_table_with_add_actions(uri, schema, adds, mode="append", partition_by=["ds"],
+                                                  storage_options=options)
+                except DeltaError as exc:
+                    # Another run's creation half done (its log folder made, its first
+                    # version not yet): `SaveMode append is not allowed for create operation`.
+                    raise CommitFailedError(f"creating the table met another run's creation: {exc}") from exc
+            else:
+                table.create_write_transaction(adds, mode="overwrite", schema=schema, partition_by=["ds"],
+                                               partition_filters=[("ds", "=", ds)])
+            return attempt
+        except CommitFailedError as exc:
+            if attempt == attempts:
+                exc.add_note(f"the Delta commit of ds={ds} failed {attempts} times: other runs kept committing first")
+                raise
+            log.info("the Delta commit of ds=%s met another run's commit (%s); trying again", ds, exc)
+            time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
+    raise AssertionError("unreachable")
