@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import sys
 from typing import Any, Iterable
 
@@ -30,6 +31,7 @@ def fingerprint(pipeline, settings: dict[str, Any], code_files: Iterable[str] = 
         "stages": {s.stage_name: {"class": _qualname(type(s)), **{k: _plain(v) for k, v in s.settings().items()}}
                    for s in pipeline.stages},
         "code": dict(sorted(code.items())),
+        "state": {s.stage_name: _files_digest(s.state_paths()) for s in pipeline.stages if s.state_paths()},
         "output": str(pipeline.output_schema),
         "source": repr(pipeline.source),
         "sink": repr(pipeline.sink),
@@ -46,7 +48,7 @@ def what_changed(old: dict | None, new: dict) -> str:
     for key in ("headrace", "pipeline", "output", "source", "sink"):
         if old.get(key) != new.get(key):
             changes.append(key)
-    for group, label in (("settings", "setting"), ("code", "code of")):
+    for group, label in (("settings", "setting"), ("code", "code of"), ("state", "files of")):
         before, after = old.get(group, {}), new.get(group, {})
         changes += [f"{label} {k}" for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
     before, after = old.get("stages", {}), new.get("stages", {})
@@ -80,6 +82,31 @@ def _file_hash(path: str) -> str:
             return hashlib.sha256(handle.read()).hexdigest()[:16]
     except OSError:
         return "unreadable"
+
+
+def _files_digest(paths: Iterable[str]) -> str:
+    """The names, sizes and modification times of the files under ``paths`` (links
+    followed), as one hash; their content is not read (weights may be gigabytes). A path
+    the driver does not have (a model on the workers only) counts as absent."""
+    entries = []
+    for path in paths:
+        root = os.path.realpath(path)
+        if os.path.isfile(root):
+            found = [(root, os.path.basename(root))]
+        elif os.path.isdir(root):
+            found = sorted((os.path.join(folder, name), os.path.relpath(os.path.join(folder, name), root))
+                           for folder, _, names in os.walk(root, followlinks=True) for name in names)
+        else:
+            entries.append([path, "absent"])
+            continue
+        for full, name in found:
+            try:
+                info = os.stat(full)
+            except OSError:
+                entries.append([path, name, "unreadable"])
+                continue
+            entries.append([path, name, info.st_size, info.st_mtime_ns])
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
 def _qualname(cls: type) -> str:

@@ -94,6 +94,14 @@ class Stage:
         else:
             self.setup()
 
+    def state_paths(self) -> list[str]:
+        """Local files or folders that the stage loads (in ``setup()`` or ``process()``) and
+        that decide its rows besides its settings and code: a model's weights, a tokenizer.
+        The run's fingerprint covers the names, sizes and modification times of the files
+        in them, so a run resumed after the model was replaced in place starts afresh
+        instead of publishing rows of two models in one partition. None by default."""
+        return []
+
     def settings(self) -> dict[str, Any]:
         """Every effective setting of this stage: public class attributes along the class
         hierarchy, overridden by instance attributes. Methods and properties are not settings."""

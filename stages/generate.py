@@ -78,6 +78,9 @@ class TokenizePrompts(Stage):
         self.model = model
         self.max_new_tokens = max_new_tokens
 
+    def state_paths(self) -> list[str]:
+        return [self.model]
+
     def process(self, batch: pa.Table) -> pa.Table:
         tokenizer = load_causal_tokenizer(self.model)
         limit = context_length(self.model) - self.max_new_tokens
@@ -133,6 +136,9 @@ class Generate(Stage):
         self.stop, self.max_batch_tokens, self.engine = tuple(stop), max_batch_tokens, engine
         self.precision = check_precision(precision)
         self.length_grouping = length_grouping
+
+    def state_paths(self) -> list[str]:
+        return [self.model]
 
     def setup(self, context: StageContext) -> None:
         import torch

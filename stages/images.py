@@ -54,6 +54,9 @@ class DecodeImage(Stage):
             "pixel_values": pa.list_(pa.float32(), int(np.prod(self.shape))),
         }
 
+    def state_paths(self) -> list[str]:
+        return [self.model]
+
     def process(self, batch: pa.Table) -> pa.Table:
         images = [self.decode(data) for data in batch.column("bytes").to_pylist()]
         pixels = load_processor(self.model)(images=images, return_tensors="np")["pixel_values"]
@@ -133,6 +136,9 @@ class EmbedImages(TorchModel):
         self.precision = check_precision(precision)
         self.normalize = normalize
         self.adds = {"embedding": pa.list_(pa.float32(), int(dimensions)), "model": pa.string()}
+
+    def state_paths(self) -> list[str]:
+        return [self.model_path]
 
     def load(self):
         from transformers import AutoModel

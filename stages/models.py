@@ -211,6 +211,9 @@ class EmbedText(TorchModel):
         self.max_length = self.max_length or getattr(model.config, "max_position_embeddings", None)
         return model
 
+    def state_paths(self) -> list[str]:
+        return [self.model_path or default_model_path()]
+
     def forward(self, model, input_ids, attention_mask):
         import torch
 

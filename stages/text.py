@@ -207,6 +207,9 @@ class ChunkText(Stage):
         self.segment_chars = segment_chars
         self.max_chunks = max_chunks
 
+    def state_paths(self) -> list[str]:
+        return [self.tokenizer or default_model_path()]
+
     def process(self, batch: pa.Table) -> pa.Table:
         tokenizer = load_tokenizer(self.tokenizer or default_model_path())
         prefix, suffix = _special_tokens(tokenizer)

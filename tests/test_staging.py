@@ -257,3 +257,37 @@ def test_how_a_source_packs_its_work_is_not_in_the_fingerprint_what_it_reads_is(
     assert hashed(Tables(url)) != hashed(Tables(url, split_bytes=4096))  # other byte ranges: other splits
     assert hashed(Files(url)) == hashed(Files(url, files_per_block=2))
     assert hashed(Files(url)) != hashed(Files(url, extensions=(".txt",)))
+
+
+def test_a_model_replaced_in_place_changes_the_fingerprint_so_a_resume_never_mixes_two_models(tmp_path):
+    """A nightly job reads its model from a fixed folder that a release process updates.
+    Before, a run killed before the update and resumed after it published rows of both
+    models in one partition (embeddings that cannot be compared): the fingerprint held the
+    folder's path only. Now it covers the names, sizes and modification times of the
+    files each stage loads (``Stage.state_paths``), without reading the weights."""
+    import shutil
+    import time
+
+    from headrace.fingerprint import fingerprint, what_changed
+    from pipelines.doc_embeddings import pipeline as doc_embeddings
+    from stages.text import default_model_path
+
+    model = tmp_path / "models" / "current"
+    shutil.copytree(default_model_path(), model, copy_function=os.symlink)  # links: no 90 MB copy
+
+    def printed():
+        return fingerprint(doc_embeddings(input=str(tmp_path / "in"), output=str(tmp_path / "out"), model=str(model)), {})
+
+    before = printed()
+    assert printed()["hash"] == before["hash"]  # nothing changed, nothing discarded
+    weights = next(name for name in os.listdir(model) if name.endswith((".safetensors", ".bin")))
+    (model / weights).unlink()
+    time.sleep(0.01)
+    (model / weights).write_bytes(b"the next release's weights")
+    after = printed()
+    assert after["hash"] != before["hash"]
+    assert what_changed(before, after) == "files of ChunkText, files of EmbedText"
+    # The packaged model (model=None) and a model folder that the driver does not have
+    # (on a cluster, on the workers only) are fingerprinted too.
+    assert fingerprint(doc_embeddings(input="x", output=str(tmp_path / "o")), {})["state"]["EmbedText"]
+    assert fingerprint(doc_embeddings(input="x", output=str(tmp_path / "o"), model=str(tmp_path / "nowhere")), {})
