@@ -117,6 +117,10 @@ def _resolve(pipeline, conf_pairs, properties_file, flags, ds, pipeline_args=())
     conf = conf_mod.parse_pairs(list(conf_pairs))
     flags = {**{f"headrace.{k}": v for k, v in flags.items()}, **conf_mod.parse_pipeline_args(list(pipeline_args))}
     run_conf = conf_mod.resolve(factory, properties_file=properties_file, conf=conf, flags=flags, ds=ds)
+    # Before anything here reads a bucket: a dry run's listing, a backfill's --skip-committed
+    # check, a failed run's report page (before, those read it without the options and
+    # said NoCredentialsError while the run itself would have worked).
+    conf_mod.use_storage_options(run_conf.engine.storage_options)
     return factory, run_conf, factory.build(**run_conf.settings)
 
 

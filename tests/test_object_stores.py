@@ -212,6 +212,13 @@ def test_storage_options_from_a_conf_key_reach_every_worker_and_are_never_writte
     assert "published" not in blind.stderr
     # A --conf key that is no engine key is a mistake here as in a run.
     assert command("status", "s3://hr-options/out", "--ds", DS, "--conf", "input=x").returncode == 2
+    # What reads the bucket before (or instead of) a run takes them too: a dry run's listing,
+    # and a backfill's --skip-committed check (before: NoCredentialsError on each date).
+    job = ["--properties-file", str(properties), "--conf", "output=s3://hr-options/out"]
+    dry = command("submit", WORD_COUNT, "--ds", DS, "--dry-run", *job)
+    assert dry.returncode == 0 and "3 input files" in dry.stdout, dry.stderr[-2000:]
+    skipped = command("backfill", WORD_COUNT, "--start", DS, "--end", DS, "--skip-committed", *job)
+    assert skipped.returncode == 0 and "skipped (committed, same configuration)" in skipped.stdout, skipped.stderr[-2000:]
 
 
 def test_a_kill_at_any_step_of_publishing_on_s3_leaves_the_old_rows_or_the_new(s3_server):
