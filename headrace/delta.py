@@ -44,12 +44,26 @@ class DeltaSink(ParquetSink):
         return self.url.replace("{ds}", ds).removeprefix("file://")
 
     def delta_options(self) -> dict[str, str]:
-        """delta-rs reads credentials from the environment; an http endpoint (an emulator)
-        must be allowed, and S3 commits use conditional PUTs instead of a lock service."""
+        """delta-rs reads credentials from the environment, and from ``headrace.storage_options``
+        translated to its own keys (it does not read fsspec's: a table on MinIO whose endpoint
+        and keys were given there failed at its first read, looking for an instance role); an
+        http endpoint (an emulator) must be allowed, and S3 commits use conditional PUTs
+        instead of a lock service."""
         if not self.url.startswith("s3://"):
             return {}
+        import fsspec.config
+
         options = {"aws_conditional_put": "etag"}
-        endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+        given = fsspec.config.conf.get("s3", {})
+        region = (given.get("client_kwargs") or {}).get("region_name")
+        for key, value in (("AWS_ENDPOINT_URL", given.get("endpoint_url")), ("AWS_ACCESS_KEY_ID", given.get("key")),
+                           ("AWS_SECRET_ACCESS_KEY", given.get("secret")), ("AWS_SESSION_TOKEN", given.get("token")),
+                           ("AWS_REGION", region)):
+            if value:
+                options[key] = str(value)
+        if given.get("anon"):
+            options["AWS_SKIP_SIGNATURE"] = "true"
+        endpoint = options.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL", "")
         if endpoint.startswith("http://"):
             options["AWS_ALLOW_HTTP"] = "true"
         return options

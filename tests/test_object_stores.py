@@ -8,6 +8,7 @@ import subprocess
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 import headrace
@@ -219,6 +220,15 @@ def test_storage_options_from_a_conf_key_reach_every_worker_and_are_never_writte
     assert dry.returncode == 0 and "3 input files" in dry.stdout, dry.stderr[-2000:]
     skipped = command("backfill", WORD_COUNT, "--start", DS, "--end", DS, "--skip-committed", *job)
     assert skipped.returncode == 0 and "skipped (committed, same configuration)" in skipped.stdout, skipped.stderr[-2000:]
+    # delta-rs does not read fsspec's options: they are given to it in its own keys (before,
+    # the Delta table's first read looked for an instance role and failed, exit 1).
+    delta = command("submit", WORD_COUNT, "--ds", DS, "--properties-file", str(properties),
+                    "--conf", "output=s3://hr-options/delta", "--conf", "output_format=delta",
+                    "--conf", "headrace.progress=false")
+    assert delta.returncode == 0, delta.stderr[-2000:]
+    table = DeltaTable("s3://hr-options/delta", storage_options={
+        "AWS_ENDPOINT_URL": s3_server["AWS_ENDPOINT_URL"], "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1"})
+    assert table.to_pyarrow_table().num_rows == 3
 
 
 def test_a_kill_at_any_step_of_publishing_on_s3_leaves_the_old_rows_or_the_new(s3_server):
