@@ -247,9 +247,12 @@ def configure(verbose: bool, object_store_memory: int | None) -> None:
     # it up; the terminal has its lines only with --verbose. Without it a failed task's
     # error is headrace's to print, once, with its traceback: Ray Data's console printed the
     # same trace twice more (a full disk: 245 lines on stderr).
-    logger = logging.getLogger("ray.data")
-    for handler in logger.handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+    # Only Ray's own console handler, the one Ray Data's logging config names: any other
+    # handler on that logger is someone else's (a test's log capture was silenced too).
+    from ray._private.log import PlainRayHandler
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler) is PlainRayHandler:
             handler.setLevel(logging.INFO if verbose else logging.CRITICAL + 1)
 
 
