@@ -48,6 +48,10 @@ def _reported(command, args, kwargs):
     publishes = command.__name__ in _PUBLISHING
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, raise_terminated)
+        # A closed terminal or a dropped ssh session: before, SIGHUP killed the driver on
+        # the spot (exit 129, no report, Ray's agents left running). nohup's SIG_IGN stays.
+        if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+            signal.signal(signal.SIGHUP, raise_terminated)
     try:
         return command(*args, **kwargs)
     except HeadraceError as exc:
@@ -59,8 +63,10 @@ def _reported(command, args, kwargs):
             click.echo("headrace: nothing was published; the previous partition is unchanged", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
-        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        click.echo(f"headrace: {how}{'; nothing was published' if publishes else ''}", err=True)
+        # After a hangup the terminal may be gone: a message that cannot be written is no reason
+        # to leave with another code.
+        with contextlib.suppress(OSError):
+            click.echo(f"headrace: {_stopped(exc)}{'; nothing was published' if publishes else ''}", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # noqa: BLE001 - the last line of defence prints and exits 1
         if verbose:
@@ -70,6 +76,11 @@ def _reported(command, args, kwargs):
         if publishes:
             click.echo("headrace: nothing was published; the previous partition is unchanged", err=True)
         sys.exit(EXIT_FAILED)
+
+
+def _stopped(exc: KeyboardInterrupt) -> str:
+    """How a run was stopped, in words: `terminated (SIGTERM)`, `terminated (SIGHUP)`, `interrupted`."""
+    return f"terminated ({exc.signal_name})" if isinstance(exc, Terminated) else "interrupted"
 
 
 def _say(text: str) -> None:
@@ -334,8 +345,7 @@ def backfill(pipeline, start, end, master, conf_pairs, properties_file, name, nu
             results.append(_backfill_one(factory, run_conf, built, skip_committed, dry_run))
         except KeyboardInterrupt as exc:  # Ctrl-C or a scheduler's SIGTERM: the dates so far still count
             interrupted = exc
-            how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-            results.append({"ds": run_conf.ds, "exit": EXIT_INTERRUPTED, "status": how, "rows": None,
+            results.append({"ds": run_conf.ds, "exit": EXIT_INTERRUPTED, "status": _stopped(exc), "rows": None,
                             "quarantined": None, "seconds": round(time.perf_counter() - started, 1),
                             "reason": "not published"})
             break

@@ -57,9 +57,23 @@ class TaskFailed(HeadraceError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM: a scheduler stopping the task (Airflow, a Kubernetes pod's eviction, a job's
-    timeout). Handled as an interrupt: nothing is published, Ray is stopped, exit 130."""
+    timeout); SIGHUP: the terminal or ssh session the run was started from went away.
+    Handled as an interrupt: nothing is published, Ray is stopped, exit 130."""
+
+    def __init__(self, message: str, signal_name: str = "SIGTERM"):
+        super().__init__(message)
+        self.signal_name = signal_name
 
 
 def raise_terminated(signum, frame) -> None:
-    """The CLI's SIGTERM handler (see headrace.ray_adapter.connect, which keeps it past ray.init)."""
-    raise Terminated("terminated by SIGTERM")
+    """The CLI's SIGTERM and SIGHUP handler (see headrace.ray_adapter.connect, which keeps
+    it past ray.init)."""
+    import signal
+
+    name = signal.Signals(signum).name
+    raise Terminated(f"terminated by {name}", name)
+
+
+# What the CLI handles as a stop: SIGTERM always; SIGHUP unless it is ignored (nohup,
+# which asks the run to outlive its terminal).
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")

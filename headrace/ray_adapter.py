@@ -32,7 +32,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from headrace import loader
 from headrace.envelope import describe_exception, envelop
-from headrace.errors import ConfigError, StageBroken, TaskFailed, raise_terminated
+from headrace.errors import STOP_SIGNALS, ConfigError, StageBroken, TaskFailed, raise_terminated
 from headrace.isolate import FailureWatch, apply_stage
 from headrace.memory import HeapTrimmer
 from headrace.part_writer import PartWriter
@@ -61,7 +61,7 @@ def connect(
     # ray.init sets its own SIGTERM handler (sys.exit(15), after a native stack dump); the
     # CLI's handler, an interrupt, is put back (a library caller keeps Ray's).
     main = threading.current_thread() is threading.main_thread()
-    sigterm = signal.getsignal(signal.SIGTERM) if main else None
+    stops = {name: signal.getsignal(getattr(signal, name)) for name in STOP_SIGNALS} if main else {}
     if not ray.is_initialized():
         if master.kind == "local":
             # A Ray of its own on this machine takes a token by default and says so on
@@ -89,8 +89,9 @@ def connect(
                          runtime_env={"env_vars": worker_env} if worker_env else None)
             except (ConnectionError, ValueError) as exc:
                 raise ConfigError(f"cannot connect to Ray at {master.address}: {exc}") from exc
-    if sigterm is raise_terminated:
-        signal.signal(signal.SIGTERM, sigterm)
+    for name, handler in stops.items():
+        if handler is raise_terminated:
+            signal.signal(getattr(signal, name), handler)
     resources = ray.cluster_resources()
     cpus = float(resources.get("CPU", 1))
     cores = master.cores if master.kind == "local" and master.cores else max(1, int(cpus))

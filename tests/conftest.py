@@ -91,9 +91,9 @@ def lines_corpus(directory, count, seed, exploding=()):
         write(directory, f"f-{index:03d}.txt", "\n".join(lines).encode())
 
 
-def sigterm_when(command, ready, env, timeout=240, what="the run"):
-    """Start ``command``, send it SIGTERM once ``ready()``, as a scheduler stopping a task
-    does; return (its exit code, its stderr, the processes it had started by then)."""
+def sigterm_when(command, ready, env, timeout=240, what="the run", signal_name="SIGTERM"):
+    """Start ``command``, send it SIGTERM (or ``signal_name``) once ``ready()``, as a scheduler
+    stopping a task does; return (its exit code, its stderr, the processes it had started by then)."""
     import signal
 
     import psutil
@@ -106,7 +106,7 @@ def sigterm_when(command, ready, env, timeout=240, what="the run"):
             assert time.monotonic() < deadline, f"{what} was not ready in time"
             time.sleep(0.2)
         children = psutil.Process(process.pid).children(recursive=True)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(getattr(signal, signal_name))
         _, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
