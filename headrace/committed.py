@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem as LocalFileSystemSpec
 from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
 
+from headrace.config import parse_ds
 from headrace.storage import parquet_file
 
 MANIFEST = "_SUCCESS"
@@ -32,6 +33,7 @@ def committed_files(output: str, ds: str | None = None,
     root = root.rstrip("/")
     fs.invalidate_cache()
     if ds is not None:
+        ds = parse_ds(ds, "ds")
         manifests = [posixpath.join(root, f"ds={ds}", MANIFEST)]
         if not fs.exists(manifests[0]):
             raise FileNotFoundError(f"{output}: ds={ds} is not committed (no {MANIFEST})")

@@ -75,16 +75,22 @@ def default_ds(today: dt.date | None = None) -> str:
     return (today - dt.timedelta(days=1)).isoformat()
 
 
-def parse_ds(value: str | None) -> str:
+def parse_ds(value: "str | dt.date | None", what: str = "--ds") -> str:
+    """The logical date as YYYY-MM-DD; None is yesterday (UTC). From Python a ``date`` (or a
+    ``datetime``: its date) will do too."""
     if value is None:
         return default_ds()
+    if isinstance(value, dt.datetime):
+        value = value.date()
+    if isinstance(value, dt.date):
+        return value.isoformat()
     # fromisoformat alone would also take 20261101 and 2026-W44-7.
     try:
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
             raise ValueError
         return dt.date.fromisoformat(value).isoformat()
     except ValueError:
-        raise ConfigError(f"--ds {value!r}: expected a date as YYYY-MM-DD") from None
+        raise ConfigError(f"{what} {value!r}: expected a date as YYYY-MM-DD") from None
 
 
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,

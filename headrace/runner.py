@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headrace import commit, staging
-from headrace.config import ENGINE_PREFIX, EngineConf, default_ds, parse_bytes, redacted, use_storage_options
+from headrace.config import ENGINE_PREFIX, EngineConf, parse_bytes, parse_ds, redacted, use_storage_options
 from headrace.errors import NoInputs
 from headrace.fingerprint import fingerprint
 from headrace.lock import RunLock
@@ -74,7 +74,9 @@ def run(
     (nothing published; the previous partition is untouched).
     """
     engine = engine or EngineConf()
-    ds = ds or default_ds()
+    # From Python any string was taken: ds="2026-13-01" published a partition of no date,
+    # "2026/11/01" one in nested folders that no reader of ds=* finds.
+    ds = parse_ds(ds, "ds")
     timings: dict[str, float] = {}
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

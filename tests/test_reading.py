@@ -103,3 +103,29 @@ def test_columns_are_read_by_name_and_a_column_some_dates_lack_is_null_there(tmp
         assert headrace.read(out, ds="2026-10-21", columns=[]).num_rows == 1
         with pytest.raises(KeyError, match=r"no column 'nope': its columns are n, text, and ds"):
             headrace.read(out, columns=["text", "nope"])
+
+
+def test_the_logical_date_from_python_is_a_date_or_refused_before_anything_runs(tmp_path):
+    """Before, headrace.run took any string: ds="2026-13-01" published a partition of no
+    date, "2026/11/01" one in nested folders that no reader of ds=* finds, and
+    headrace.read(ds=...) looked there. A date object will do as well."""
+    import datetime as dt
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pytest
+
+    pipeline = loader.load(WORD_COUNT).build(input=str(tmp_path / "in"), output=str(tmp_path / "out"))
+    for bad in ("2026-13-01", "2026/11/01", "../2026-11-01", ""):
+        with pytest.raises(headrace.ConfigError, match="expected a date as YYYY-MM-DD"):
+            headrace.run(pipeline, bad, QUIET)  # refused before listing: the input does not even exist
+        with pytest.raises(headrace.ConfigError, match="expected a date as YYYY-MM-DD"):
+            headrace.read(str(tmp_path / "out"), ds=bad)
+    assert not (tmp_path / "out").exists()
+
+    partition = tmp_path / "out" / "ds=2026-11-01"
+    partition.mkdir(parents=True)
+    pq.write_table(pa.table({"words": [3]}), partition / "part-0.parquet")
+    (partition / "_SUCCESS").write_text(json.dumps({"files": [{"path": "part-0.parquet"}]}))
+    assert headrace.read(str(tmp_path / "out"), ds=dt.date(2026, 11, 1)).column("ds").to_pylist() == ["2026-11-01"]
