@@ -216,7 +216,7 @@ def resolve(
         else:
             raise ConfigError(f"pipeline {factory.name} needs setting {name!r} (--conf {name}=...)")
     engine = EngineConf(**{k[len(ENGINE_PREFIX):]: v for k, v in values.items() if k.startswith(ENGINE_PREFIX)})
-    _check_engine(engine)
+    check_engine(engine)
     day = parse_ds(ds)
     settings = {k: v.replace("{ds}", day) if isinstance(v, str) else v for k, v in settings.items()}
     return RunConf(engine=engine, settings=settings, ds=day, sources=sources)
@@ -246,11 +246,11 @@ def resolve_engine(*, properties_file: str | None = None, conf: Mapping[str, Any
     apply(_from_env(known, environ, None), "environment", True)
     apply(conf or {}, "--conf", False)
     engine = EngineConf(**{k[len(ENGINE_PREFIX):]: v for k, v in values.items()})
-    _check_engine(engine)
+    check_engine(engine)
     return engine
 
 
-def _check_engine(engine: EngineConf) -> None:
+def check_engine(engine: EngineConf) -> None:
     """Out-of-range engine settings: exit 2 before anything runs."""
     if engine.object_store_memory is not None:
         parse_bytes(engine.object_store_memory, f"{ENGINE_PREFIX}object_store_memory")

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headrace import commit, staging
-from headrace.config import ENGINE_PREFIX, EngineConf, parse_bytes, parse_ds, redacted, use_storage_options
+from headrace.config import ENGINE_PREFIX, EngineConf, check_engine, parse_bytes, parse_ds, redacted, use_storage_options
 from headrace.errors import NoInputs
 from headrace.fingerprint import fingerprint
 from headrace.lock import RunLock
@@ -77,6 +77,7 @@ def run(
     # From Python any string was taken: ds="2026-13-01" published a partition of no date,
     # "2026/11/01" one in nested folders that no reader of ds=* finds.
     ds = parse_ds(ds, "ds")
+    check_engine(engine)  # as the CLI's settings are: from Python num_cpus=0 meant every core, a gate of 7 none
     timings: dict[str, float] = {}
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

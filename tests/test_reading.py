@@ -105,7 +105,7 @@ def test_columns_are_read_by_name_and_a_column_some_dates_lack_is_null_there(tmp
             headrace.read(out, columns=["text", "nope"])
 
 
-def test_the_logical_date_from_python_is_a_date_or_refused_before_anything_runs(tmp_path):
+def test_the_logical_date_and_engine_settings_from_python_are_checked_before_anything_runs(tmp_path):
     """Before, headrace.run took any string: ds="2026-13-01" published a partition of no
     date, "2026/11/01" one in nested folders that no reader of ds=* finds, and
     headrace.read(ds=...) looked there. A date object will do as well."""
@@ -122,6 +122,12 @@ def test_the_logical_date_from_python_is_a_date_or_refused_before_anything_runs(
             headrace.run(pipeline, bad, QUIET)  # refused before listing: the input does not even exist
         with pytest.raises(headrace.ConfigError, match="expected a date as YYYY-MM-DD"):
             headrace.read(str(tmp_path / "out"), ds=bad)
+    # Engine settings given from Python are checked as the CLI's are (before: num_cpus=0
+    # ran on every core, a quality gate of 7 was no gate).
+    for engine, message in ((headrace.EngineConf(num_cpus=0), "num_cpus=0"),
+                            (headrace.EngineConf(max_quarantine_fraction=7), "max_quarantine_fraction=7")):
+        with pytest.raises(headrace.ConfigError, match=message):
+            headrace.run(pipeline, "2026-11-01", engine)
     assert not (tmp_path / "out").exists()
 
     partition = tmp_path / "out" / "ds=2026-11-01"
