@@ -136,8 +136,8 @@ def _resolve(pipeline, conf_pairs, properties_file, flags, ds, pipeline_args=())
 
 
 def _code_files(factory) -> list[str]:
-    """The pipeline's own file, for the fingerprint."""
-    return [factory.source_file] if factory.source_file else []
+    """The pipeline's file and the helper modules next to it, for the fingerprint."""
+    return factory.code_files
 
 
 @main.command()

@@ -18,6 +18,7 @@ DEFAULT_ATTR = "pipeline"
 # Modules loaded from a file path: Ray workers cannot import them, so what they define
 # is shipped by value (see ray_adapter.build_dataset).
 FILE_MODULES: list = []
+_HELPERS: dict[str, tuple[str, ...]] = {}  # pipeline file -> the helper modules its first load imported
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,13 @@ class PipelineFactory:
     name: str
     target: Callable[..., Pipeline] | Pipeline
     source_file: str = ""  # the file that defines it, for the fingerprint
+    helper_files: tuple[str, ...] = ()  # modules next to a pipeline file that loading it imported
+
+    @property
+    def code_files(self) -> list[str]:
+        """The files whose code the fingerprint covers besides the stages' own: the pipeline
+        file and the helper modules next to it (a function a stage calls lives there too)."""
+        return [path for path in (self.source_file, *self.helper_files) if path]
 
     @property
     def parameters(self) -> dict[str, inspect.Parameter]:
@@ -56,8 +64,10 @@ def load(spec: str) -> PipelineFactory:
     """``path/to/pipeline.py[:attr]`` or ``package.module[:attr]``; attr defaults to ``pipeline``."""
     module_ref, _, attr = spec.partition(":") if not _is_windows_drive(spec) else (spec, "", "")
     attr = attr or DEFAULT_ATTR
+    helpers: tuple[str, ...] = ()
     if module_ref.endswith(".py") or os.sep in module_ref:
         module = _load_file(module_ref)
+        helpers = _HELPERS.get(os.path.abspath(module_ref), ())
     else:
         try:
             module = importlib.import_module(module_ref)
@@ -73,7 +83,8 @@ def load(spec: str) -> PipelineFactory:
     if not (isinstance(target, Pipeline) or callable(target)):
         raise ConfigError(f"pipeline {spec!r}: {attr} is neither a Pipeline nor a function returning one")
     name = os.path.splitext(os.path.basename(module_ref))[0] if module_ref.endswith(".py") else module_ref.rsplit(".", 1)[-1]
-    return PipelineFactory(name=name, target=target, source_file=getattr(module, "__file__", None) or "")
+    return PipelineFactory(name=name, target=target, source_file=getattr(module, "__file__", None) or "",
+                           helper_files=helpers)
 
 
 def _load_file(path: str):
@@ -97,12 +108,16 @@ def _load_file(path: str):
         del sys.modules[module_name]
         raise ConfigError(_load_error(path, exc)) from exc
     FILE_MODULES.append(module)
+    helpers = []
     for name in sorted(set(sys.modules) - before):
         neighbour = sys.modules[name]
         source = getattr(neighbour, "__file__", None) or ""
         if neighbour is not module and os.path.abspath(source).startswith(folder + os.sep) \
                 and "site-packages" not in source:
             FILE_MODULES.append(neighbour)
+            helpers.append(os.path.abspath(source))
+    # A second load in this process imports nothing new: the first one's helpers stand.
+    _HELPERS.setdefault(os.path.abspath(path), tuple(helpers))
     return module
 
 

@@ -291,3 +291,42 @@ def test_a_model_replaced_in_place_changes_the_fingerprint_so_a_resume_never_mix
     # (on a cluster, on the workers only) are fingerprinted too.
     assert fingerprint(doc_embeddings(input="x", output=str(tmp_path / "o")), {})["state"]["EmbedText"]
     assert fingerprint(doc_embeddings(input="x", output=str(tmp_path / "o"), model=str(tmp_path / "nowhere")), {})
+
+
+def test_a_helper_module_next_to_the_pipeline_file_is_in_the_fingerprint(tmp_path):
+    """A stage in the pipeline file calls a function of helpers.py next to it (shipped to
+    the workers with it). Before, only the pipeline file and the stage classes' own files
+    were fingerprinted: helpers.py edited between a killed run and its resume left the
+    staged rows of the old code in the partition beside rows of the new."""
+    from headrace import loader
+    from headrace.fingerprint import fingerprint, what_changed
+
+    (tmp_path / "helpers.py").write_text("def clean(text):\n    return text.strip()\n")
+    job = tmp_path / "helper_job.py"
+    job.write_text(
+        "import pyarrow as pa\n"
+        "from helpers import clean\n"
+        "from headrace import Files, Pipeline, Stage, output_sink\n"
+        "from stages.files import ReadFiles\n"
+        "from stages.text import DecodeText\n\n"
+        "class Clean(Stage):\n"
+        "    needs = ('text',)\n"
+        "    adds = {'clean': pa.string()}\n\n"
+        "    def process(self, batch):\n"
+        "        return batch.append_column('clean', pa.array([clean(t) for t in batch.column('text').to_pylist()]))\n\n"
+        "def pipeline(input: str = 'in', output: str = 'out'):\n"
+        "    return Pipeline(name='helper_job', source=Files(input), stages=[ReadFiles(), DecodeText(), Clean()],\n"
+        "                    sink=output_sink(output), columns=['doc_id', 'clean'])\n"
+    )
+
+    def printed():
+        factory = loader.load(str(job))
+        assert str(tmp_path / "helpers.py") in factory.code_files
+        return fingerprint(factory.build(input=str(tmp_path / "in"), output=str(tmp_path / "out")), {},
+                           factory.code_files)
+
+    before = printed()
+    assert printed()["hash"] == before["hash"]  # loaded again in this process: the same files, the same hash
+    (tmp_path / "helpers.py").write_text("def clean(text):\n    return text.strip().lower()\n")
+    after = printed()
+    assert after["hash"] != before["hash"] and what_changed(before, after) == f"code of {tmp_path / 'helpers.py'}"
