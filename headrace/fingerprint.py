@@ -24,6 +24,8 @@ def fingerprint(pipeline, settings: dict[str, Any], code_files: Iterable[str] = 
     """The fingerprint document; its ``hash`` names it."""
     code = {name: _file_hash(path) for name, path in _stage_sources(pipeline)}
     code.update({path: _file_hash(path) for path in code_files})
+    contract, check_files = _contract(pipeline.schema)
+    code.update({name: _file_hash(path) for name, path in check_files})
     document = {
         "headrace": __version__,
         "pipeline": pipeline.name,
@@ -33,6 +35,7 @@ def fingerprint(pipeline, settings: dict[str, Any], code_files: Iterable[str] = 
         "code": dict(sorted(code.items())),
         "state": {s.stage_name: _files_digest(s.state_paths()) for s in pipeline.stages if s.state_paths()},
         "output": str(pipeline.output_schema),
+        "contract": contract,
         "source": repr(pipeline.source),
         "sink": repr(pipeline.sink),
     }
@@ -45,7 +48,7 @@ def what_changed(old: dict | None, new: dict) -> str:
     if not old:
         return "an earlier fingerprint without details"
     changes = []
-    for key in ("headrace", "pipeline", "output", "source", "sink"):
+    for key in ("headrace", "pipeline", "output", "contract", "source", "sink"):
         if old.get(key) != new.get(key):
             changes.append(key)
     for group, label in (("settings", "setting"), ("code", "code of"), ("state", "files of")):
@@ -82,6 +85,41 @@ def _file_hash(path: str) -> str:
             return hashlib.sha256(handle.read()).hexdigest()[:16]
     except OSError:
         return "unreadable"
+
+
+def _contract(schema) -> tuple[Any, list[tuple[str, str]]]:
+    """The pandera schema's rules, which decide which rows go to the quarantine: each
+    column's type, nullability and checks (with their arguments), the frame's checks, and
+    (module, file) of every check function of the user's own (its code: a tolerance, a
+    regular expression). Its repr names none of the checks."""
+    if schema is None:
+        return None, []
+    files: dict[str, str] = {}
+
+    def checks(items) -> list:
+        described = []
+        for check in items or []:
+            function = getattr(check, "_check_fn", None)
+            module = sys.modules.get(getattr(function, "__module__", "") or "")
+            if module is not None and not module.__name__.startswith("pandera"):
+                try:
+                    files[module.__name__] = inspect.getsourcefile(module) or ""
+                except TypeError:  # defined interactively
+                    pass
+            described.append([getattr(check, "name", None), _plain(getattr(check, "statistics", None)),
+                              getattr(function, "__qualname__", None)])
+        return described
+
+    columns = {
+        name: {"type": str(getattr(column, "dtype", None)), "nullable": getattr(column, "nullable", None),
+               "unique": getattr(column, "unique", None), "required": getattr(column, "required", None),
+               "checks": checks(getattr(column, "checks", None))}
+        for name, column in (getattr(schema, "columns", None) or {}).items()
+    }
+    contract = {"schema": _qualname(type(schema)), "columns": columns,
+                "checks": checks(getattr(schema, "checks", None)),
+                "strict": _plain(getattr(schema, "strict", None)), "unique": _plain(getattr(schema, "unique", None))}
+    return contract, [(name, path) for name, path in files.items() if path]
 
 
 def _files_digest(paths: Iterable[str]) -> str:

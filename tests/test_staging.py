@@ -330,3 +330,30 @@ def test_a_helper_module_next_to_the_pipeline_file_is_in_the_fingerprint(tmp_pat
     (tmp_path / "helpers.py").write_text("def clean(text):\n    return text.strip().lower()\n")
     after = printed()
     assert after["hash"] != before["hash"] and what_changed(before, after) == f"code of {tmp_path / 'helpers.py'}"
+
+
+def test_the_output_contract_s_rules_are_in_the_fingerprint(tmp_path):
+    """The pandera schema decides which rows go to the quarantine. Its repr names none of
+    its checks, and only the Arrow schema of the output was fingerprinted: a check
+    tightened between a killed run and its resume (a minimum length raised, a custom check's
+    tolerance) left staged rows that the new rules would have quarantined."""
+    import pandera.polars as pa_pl
+    import polars as pl
+
+    from headrace import Files, Pipeline, output_sink
+    from headrace.fingerprint import fingerprint, what_changed
+    from stages.files import ReadFiles
+
+    def printed(check):
+        schema = pa_pl.DataFrameSchema({"source": pa_pl.Column(pl.Utf8, check, nullable=False)})
+        pipeline = Pipeline(name="p", source=Files(str(tmp_path / "in")), stages=[ReadFiles()], schema=schema,
+                            sink=output_sink(str(tmp_path / "out")), columns=["doc_id", "source"])
+        return fingerprint(pipeline, {})
+
+    loose = printed(pa_pl.Check.str_length(min_value=1))
+    assert printed(pa_pl.Check.str_length(min_value=1))["hash"] == loose["hash"]
+    strict = printed(pa_pl.Check.str_length(min_value=8))
+    assert strict["hash"] != loose["hash"] and what_changed(loose, strict) == "contract"
+    # A check of the user's own: its module's code counts (this file's, here).
+    custom = printed(pa_pl.Check(lambda data: data.lazyframe.select(pl.col(data.key).str.len_chars() < 4096), name="short"))
+    assert custom["contract"]["columns"]["source"]["checks"][0][0] == "short" and __name__ in custom["code"]
