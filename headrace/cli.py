@@ -17,7 +17,7 @@ import click
 
 from headrace import config as conf_mod
 from headrace import loader, native_stderr
-from headrace.errors import ConfigError, HeadraceError, StageBroken, Terminated, raise_terminated
+from headrace.errors import STOP_SIGNALS, ConfigError, HeadraceError, StageBroken, Terminated, raise_terminated
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_QUALITY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 BROKEN = "broken stage"  # a backfill date's status when a stage was broken; the backfill stops there
@@ -546,18 +546,23 @@ def entry() -> None:
     at interpreter exit (a process that used both s3fs and deltalake can abort there,
     after its work is done, and would turn a committed run into a crash)."""
     try:
-        code = main.main(standalone_mode=False)
-        code = code if isinstance(code, int) else 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("headrace: interrupted", err=True)
+        code = _command_code()
+    except KeyboardInterrupt:  # one that came after the command had handled its own (Ctrl-C again)
         code = EXIT_INTERRUPTED
+    # The command has ended: what is left stops Ray and leaves. Ctrl-C pressed again and
+    # again (or another SIGTERM) broke that off before, and the process left with exit 1
+    # and Ray's processes behind it; now they wait, and a watchdog leaves with the
+    # command's code should Ray's shutdown hang.
+    while True:
+        try:
+            for name in ("SIGINT", *STOP_SIGNALS):
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
+            break
+        except KeyboardInterrupt:
+            code = code or EXIT_INTERRUPTED
+    watchdog = threading.Timer(SHUTDOWN_WATCHDOG_S, _leave_now, (code,))
+    watchdog.daemon = True
+    watchdog.start()
     if "ray" in sys.modules:
         import ray
 
@@ -569,6 +574,35 @@ def entry() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+SHUTDOWN_WATCHDOG_S = 30.0
+
+
+def _leave_now(code: int) -> None:
+    """Ray's shutdown hung: its processes are killed and the command's code stands."""
+    from headrace import ray_adapter
+
+    ray_adapter.kill_local_ray()
+    os._exit(code)
+
+
+def _command_code() -> int:
+    """The command's exit code, from click's outcome."""
+    try:
+        code = main.main(standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        with contextlib.suppress(OSError):
+            click.echo("headrace: interrupted", err=True)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -203,6 +203,17 @@ def shutdown() -> None:
     ray.shutdown()
 
 
+def kill_local_ray() -> None:
+    """SIGKILL what is left of the local Ray this process started (its shutdown was cut short)."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    for infos in list((getattr(node, "all_processes", None) or {}).values()):
+        for info in infos:
+            try:
+                info.process.kill()
+            except Exception:  # noqa: BLE001 - gone already
+                pass
+
+
 def _stop_quickly(node, check_alive: bool = True, allow_graceful: bool = False, wait: bool = False) -> None:
     constants = ray._private.ray_constants
     ordered = [constants.PROCESS_TYPE_RAYLET, constants.PROCESS_TYPE_GCS_SERVER]

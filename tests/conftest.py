@@ -91,9 +91,10 @@ def lines_corpus(directory, count, seed, exploding=()):
         write(directory, f"f-{index:03d}.txt", "\n".join(lines).encode())
 
 
-def sigterm_when(command, ready, env, timeout=240, what="the run", signal_name="SIGTERM"):
+def sigterm_when(command, ready, env, timeout=240, what="the run", signal_name="SIGTERM", again=False):
     """Start ``command``, send it SIGTERM (or ``signal_name``) once ``ready()``, as a scheduler
-    stopping a task does; return (its exit code, its stderr, the processes it had started by then)."""
+    stopping a task does (``again``: and every 0.1 s until it ends, as an impatient user
+    presses Ctrl-C); return (its exit code, its stderr, the processes it had started by then)."""
     import signal
 
     import psutil
@@ -107,6 +108,10 @@ def sigterm_when(command, ready, env, timeout=240, what="the run", signal_name="
             time.sleep(0.2)
         children = psutil.Process(process.pid).children(recursive=True)
         process.send_signal(getattr(signal, signal_name))
+        while again and process.poll() is None:
+            time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(getattr(signal, signal_name))
         _, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:

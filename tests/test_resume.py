@@ -111,14 +111,16 @@ def test_a_sigkilled_run_is_resumed_and_publishes_exactly_a_clean_runs_rows(ray_
     assert len(quarantine) == 2 and manifest["counts"]["input"] == 60
 
 
-@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
-def test_sigterm_stops_a_run_as_an_interrupt_that_leaves_its_work_for_the_retry(tmp_path, signal_name):
+@pytest.mark.parametrize("signal_name, again", [("SIGTERM", False), ("SIGHUP", False), ("SIGINT", True)])
+def test_sigterm_stops_a_run_as_an_interrupt_that_leaves_its_work_for_the_retry(tmp_path, signal_name, again):
     """What a scheduler sends to stop a task (Airflow, a pod's eviction, a timeout): before,
     Ray's handler printed a native stack dump and the process left with exit 15, its report
     saying `failed: SystemExit: 15`. It is an interrupt: one line, exit 130, the report says
     so, Ray's processes are gone, the lock is released and the staged work kept. SIGHUP (the
     terminal or ssh session went away) is the same: before, it killed the driver on the spot
-    (exit 129, no report, the lock left, Ray's agents running on)."""
+    (exit 129, no report, the lock left, Ray's agents running on). Ctrl-C pressed again and
+    again is one interrupt: before, one that came while Ray was being stopped broke that
+    off, and the process left with exit 1."""
     corpus, output, report = str(tmp_path / "in"), str(tmp_path / "out"), tmp_path / "report.json"
     lines_corpus(corpus, 30, seed=4)
     conf = (f"input={corpus}", f"output={output}", "delay=0.1", "headrace.progress=false")
@@ -127,13 +129,15 @@ def test_sigterm_stops_a_run_as_an_interrupt_that_leaves_its_work_for_the_retry(
     code, stderr, ray_processes = sigterm_when(
         [*submit(*conf), "--report", str(report)],
         lambda: os.path.isdir(progress) and any(f.endswith(".json") for f in os.listdir(progress)), env,
-        signal_name=signal_name)
+        signal_name=signal_name, again=again)
     assert code == 130, stderr[-3000:]
-    assert stderr.splitlines()[-1] == f"headrace: terminated ({signal_name}); nothing was published", stderr[-3000:]
+    how = "interrupted" if signal_name == "SIGINT" else f"terminated ({signal_name})"
+    assert stderr.splitlines()[-1] == f"headrace: {how}; nothing was published", stderr[-3000:]
     assert "SIGTERM received" not in stderr  # no native stack dump
     document = json.loads(report.read_text())
     assert (document["status"], document["exit_code"]) == ("interrupted", 130)
-    assert document["reason"] == f"Terminated: terminated by {signal_name}"
+    if signal_name != "SIGINT":
+        assert document["reason"] == f"Terminated: terminated by {signal_name}"
     assert not os.path.exists(os.path.join(output, f"ds={DS}"))
     gone, alive = psutil.wait_procs(ray_processes, timeout=20)
     assert not alive, [p.cmdline()[:2] for p in alive]
