@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import stat
-import tempfile
+import uuid
 from typing import Any
 
 from headrace.errors import ConfigError, HeadraceError
@@ -83,12 +83,11 @@ def write_report(path: str, manifest: dict[str, Any]) -> None:
         target = os.path.realpath(path)  # a link's target is the report, not the link
         # Whole or not at all: a full disk left the file cut short (or the last run's
         # report half overwritten), and a scheduler reading it found no JSON there.
-        fd, temporary = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.", suffix=".tmp")
+        temporary = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{uuid.uuid4().hex[:8]}.tmp")
+        # Made as open(path, "w") makes a file (0666 less the umask), not mkstemp's 0600.
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "w") as handle:
             handle.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # as open(path, "w") would make it, not mkstemp's 0600
         os.replace(temporary, target)
         temporary = None
     except OSError as exc:
