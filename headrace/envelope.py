@@ -69,8 +69,24 @@ def describe_exception(exc: BaseException) -> tuple[str, str, str]:
     notes = getattr(exc, "__notes__", None)
     if notes:
         message = f"{message} ({'; '.join(notes)})"
-    frames = tb.format_exception(type(exc), exc, exc.__traceback__, limit=-4)
-    return type(exc).__name__, message[:MAX_MESSAGE], "".join(frames)[-MAX_TRACEBACK:]
+    trace = tb.TracebackException(type(exc), exc, exc.__traceback__, limit=-4)
+    _drop_repeats(trace)
+    return type(exc).__name__, message[:MAX_MESSAGE], "".join(trace.format())[-MAX_TRACEBACK:]
+
+
+def _drop_repeats(trace: tb.TracebackException) -> None:
+    """Leave out of the chain the failures that the same error made while it was being
+    isolated: a batch that failed, then its halves, then the record, each raised while the
+    last was handled. A quarantined record's traceback showed the same error three times
+    over (`During handling of the above exception, another exception occurred`)."""
+    node = trace
+    while node is not None:
+        same = "".join(node.format_exception_only())
+        context = node.__context__
+        while context is not None and not node.__cause__ and "".join(context.format_exception_only()) == same:
+            context = context.__context__
+        node.__context__ = context
+        node = node.__cause__ or node.__context__
 
 
 def error_rows(

@@ -49,6 +49,10 @@ def test_bad_record_is_isolated_and_batch_mates_survive():
     error = errors.column(ERROR).to_pylist()[0]
     assert error["stage"] == "Length" and error["error_type"] == "ValueError"
     assert error["message"] == "poisoned record" and "ValueError" in error["traceback"]
+    # Its traceback tells the error once: before, once per bisection step that met it
+    # (`During handling of the above exception, another exception occurred`, over and over).
+    assert error["traceback"].count("ValueError: poisoned record") == 1, error["traceback"]
+    assert "During handling" not in error["traceback"]
     healthy = out.filter(out.column(ERROR).is_null())
     assert healthy.column("length").to_pylist() == [len(t) for i, t in enumerate(texts) if i != 13]
     assert stage.calls <= 2 * 5 + 1  # bisection, not one call per record
@@ -110,3 +114,17 @@ def test_transient_failures_are_retried_and_permanent_ones_quarantined():
     assert set(errors) == {"id1", "id2"}
     assert errors["id1"]["error_type"] == "ConnectionError" and "failed 4 times" in errors["id1"]["message"]
     assert errors["id2"]["error_type"] == "FileNotFoundError" and "failed" not in errors["id2"]["message"]
+
+
+def test_a_quarantined_traceback_keeps_a_chain_of_different_errors():
+    from headrace.envelope import describe_exception
+
+    try:
+        try:
+            {}["model"]
+        except KeyError as missing:
+            raise ValueError("no model in the config") from missing
+    except ValueError as exc:
+        _, message, trace = describe_exception(exc)
+    assert message == "no model in the config"
+    assert "KeyError: 'model'" in trace and "direct cause" in trace and trace.rstrip().endswith(message)
