@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
+import errno
 import json
 import logging
 import os
 import stat
-import uuid
 from typing import Any
 
-from headrace.errors import ConfigError, HeadraceError
-from headrace.storage import probe_write
+import fsspec
 
+from headrace.errors import ConfigError, HeadraceError
+from headrace.storage import Storage, probe_write
 from headrace.utilisation import describe, describe_nodes
 
 
@@ -74,28 +74,22 @@ def write_report(path: str, manifest: dict[str, Any]) -> None:
     written is a warning: it never turns a committed run into a failure, nor hides why a
     run failed (checked before anything runs: ``check_report_path``)."""
     data = json.dumps(manifest, indent=2, default=str)
-    temporary = None
     try:
-        if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        if _special(path):
             with open(path, "w") as handle:  # /dev/stdout, a named pipe: written as they are
                 handle.write(data)
             return
-        target = os.path.realpath(path)  # a link's target is the report, not the link
-        # Whole or not at all: a full disk left the file cut short (or the last run's
-        # report half overwritten), and a scheduler reading it found no JSON there.
-        temporary = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{uuid.uuid4().hex[:8]}.tmp")
-        # Made as open(path, "w") makes a file (0666 less the umask), not mkstemp's 0600.
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(data)
-        os.replace(temporary, target)
-        temporary = None
+        # Whole or not at all (Storage's temporary file and rename): a full disk left the
+        # file cut short, or the last run's report half overwritten, and a scheduler reading
+        # it found no JSON there. A link's target is the report, not the link.
+        Storage(fsspec.filesystem("file"), retries=0).write_bytes(os.path.realpath(path), data.encode())
     except OSError as exc:
         logging.getLogger("headrace").warning("the run report was not written to %s: %s", path, exc.strerror or exc)
-    finally:
-        if temporary is not None:
-            with contextlib.suppress(OSError):
-                os.remove(temporary)
+
+
+def _special(path: str) -> bool:
+    """An existing file that is not a regular one: a pipe, a terminal, ``/dev/stdout``."""
+    return os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode)
 
 
 def check_report_path(path: str | None) -> None:
@@ -110,7 +104,11 @@ def check_report_path(path: str | None) -> None:
         why = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
         raise ConfigError(f"--report {path}: its folder {folder} {why}")
     try:
-        if os.path.exists(path):
+        if _special(path):
+            # Opening a named pipe waits for its reader, which may start only with the run.
+            if not os.access(path, os.W_OK):
+                raise PermissionError(errno.EACCES, "Permission denied")
+        elif os.path.exists(path):
             open(path, "a").close()  # opened for appending, left as it is
         else:
             probe_write(folder)

@@ -135,7 +135,7 @@ def test_a_report_is_written_whole_or_not_at_all_and_to_a_pipe_as_it_is(tmp_path
     import threading
 
     from conftest import small_disk
-    from headrace.report import write_report
+    from headrace.report import check_report_path, write_report
 
     disk = tmp_path / "disk"
     with small_disk(disk, "20k"):
@@ -151,6 +151,12 @@ def test_a_report_is_written_whole_or_not_at_all_and_to_a_pipe_as_it_is(tmp_path
     write_report(str(link), {"status": "failed"})
     assert link.is_symlink() and json.loads(target.read_text()) == {"status": "failed"}
     os.mkfifo(pipe)
+    # The check before the run does not open it: that waits for a reader, which may start
+    # only with the run (before, `--report PIPE` hung there).
+    checking = threading.Thread(target=check_report_path, args=(str(pipe),), daemon=True)
+    checking.start()
+    checking.join(timeout=10)
+    assert not checking.is_alive(), "the --report check waited for the pipe's reader"
     received = []
     reader = threading.Thread(target=lambda: received.append(pipe.read_text()))
     reader.start()
