@@ -33,7 +33,7 @@ def fingerprint(pipeline, settings: dict[str, Any], code_files: Iterable[str] = 
         "stages": {s.stage_name: {"class": _qualname(type(s)), **{k: _plain(v) for k, v in s.settings().items()}}
                    for s in pipeline.stages},
         "code": dict(sorted(code.items())),
-        "state": {s.stage_name: _files_digest(s.state_paths()) for s in pipeline.stages if s.state_paths()},
+        "state": _state(pipeline.stages),
         "output": str(pipeline.output_schema),
         "contract": contract,
         "source": repr(pipeline.source),
@@ -120,6 +120,20 @@ def _contract(schema) -> tuple[Any, list[tuple[str, str]]]:
                 "checks": checks(getattr(schema, "checks", None)),
                 "strict": _plain(getattr(schema, "strict", None)), "unique": _plain(getattr(schema, "unique", None))}
     return contract, [(name, path) for name, path in files.items() if path]
+
+
+def _state(stages) -> dict[str, str]:
+    """Each stage's ``state_paths()`` digest; stages that load the same folder (a tokenizer
+    and its model) share one walk of it."""
+    digests: dict[tuple[str, ...], str] = {}
+    state = {}
+    for stage in stages:
+        paths = tuple(stage.state_paths())
+        if paths:
+            if paths not in digests:
+                digests[paths] = _files_digest(paths)
+            state[stage.stage_name] = digests[paths]
+    return state
 
 
 def _files_digest(paths: Iterable[str]) -> str:
