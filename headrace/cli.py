@@ -47,6 +47,7 @@ def _reported(command, args, kwargs):
     verbose = kwargs.get("verbose", False)
     publishes = command.__name__ in _PUBLISHING
     if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, raise_terminated)
         signal.signal(signal.SIGTERM, raise_terminated)
         # A closed terminal or a dropped ssh session: before, SIGHUP killed the driver on
         # the spot (exit 129, no report, Ray's agents left running). nohup's SIG_IGN stays.

@@ -65,11 +65,29 @@ class Terminated(KeyboardInterrupt):
         self.signal_name = signal_name
 
 
-def raise_terminated(signum, frame) -> None:
-    """The CLI's SIGTERM and SIGHUP handler (see headrace.ray_adapter.connect, which keeps
-    it past ray.init)."""
-    import signal
+# A stop signal that comes this soon after the one that stopped the run is the same stop.
+STOPPING_S = 30.0
+_stopped_at: float | None = None
 
+
+def raise_terminated(signum, frame) -> None:
+    """The CLI's handler of SIGINT, SIGTERM and SIGHUP (see headrace.ray_adapter.connect,
+    which keeps it past ray.init): the first stops the run, as KeyboardInterrupt (Ctrl-C) or
+    Terminated. Those that follow within STOPPING_S (Ctrl-C pressed again and again, a
+    scheduler repeating its SIGTERM) are that same stop and are passed over while the run
+    stops: raised again, one broke off whatever the stop was doing (Ray Data's executor
+    left running, a second `interrupted` from click). After STOPPING_S a signal stops
+    again, should a stop have been swallowed or got stuck."""
+    import signal
+    import time
+
+    global _stopped_at
+    now = time.monotonic()
+    if _stopped_at is not None and now - _stopped_at < STOPPING_S:
+        return
+    _stopped_at = now
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     name = signal.Signals(signum).name
     raise Terminated(f"terminated by {name}", name)
 

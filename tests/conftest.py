@@ -93,7 +93,7 @@ def lines_corpus(directory, count, seed, exploding=()):
 
 def sigterm_when(command, ready, env, timeout=240, what="the run", signal_name="SIGTERM", again=False):
     """Start ``command``, send it SIGTERM (or ``signal_name``) once ``ready()``, as a scheduler
-    stopping a task does (``again``: and every 0.1 s until it ends, as an impatient user
+    stopping a task does (``again``: and every 10 ms until it ends, as an impatient user
     presses Ctrl-C); return (its exit code, its stderr, the processes it had started by then)."""
     import signal
 
@@ -109,7 +109,7 @@ def sigterm_when(command, ready, env, timeout=240, what="the run", signal_name="
         children = psutil.Process(process.pid).children(recursive=True)
         process.send_signal(getattr(signal, signal_name))
         while again and process.poll() is None:
-            time.sleep(0.1)
+            time.sleep(0.01)
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(getattr(signal, signal_name))
         _, stderr = process.communicate(timeout=60)

@@ -368,3 +368,23 @@ def test_progress_on_a_terminal_is_a_live_table(tmp_path):
     assert "ETA" in screen and "inputs 12/12 (100%)" in screen
     assert "\x1b[" in screen  # drawn with terminal control sequences
     assert "slow_lines ds=2026-11-08 committed" in screen
+
+
+def test_a_stop_signal_soon_after_the_one_that_stopped_the_run_is_the_same_stop(monkeypatch):
+    """Ctrl-C pressed again, or a scheduler repeating its SIGTERM, while the run stops is
+    passed over; after errors.STOPPING_S a signal stops again (a stop that got stuck)."""
+    import signal
+    import time
+
+    from headrace import errors
+
+    monkeypatch.setattr(errors, "_stopped_at", None)
+    with pytest.raises(KeyboardInterrupt) as first:
+        errors.raise_terminated(signal.SIGINT, None)
+    assert not isinstance(first.value, errors.Terminated)
+    errors.raise_terminated(signal.SIGINT, None)
+    errors.raise_terminated(signal.SIGTERM, None)
+    monkeypatch.setattr(errors, "_stopped_at", time.monotonic() - errors.STOPPING_S - 1)
+    with pytest.raises(errors.Terminated) as later:
+        errors.raise_terminated(signal.SIGHUP, None)
+    assert later.value.signal_name == "SIGHUP"
