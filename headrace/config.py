@@ -310,25 +310,53 @@ def _from_env(known: Mapping[str, Any], environ: Mapping[str, str], pipeline: st
 def _read_properties(path: str, known: Mapping[str, Any]) -> dict[str, Any]:
     try:
         with open(path) as handle:
-            data = yaml.safe_load(handle) or {}
+            data = yaml.load(handle, Loader=_UniqueKeys) or {}  # noqa: S506 - a SafeLoader
     except OSError as exc:
         raise ConfigError(f"properties file {path!r}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"properties file {path!r} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"properties file {path!r} must hold a mapping of KEY: VALUE")
-    return _flatten(data, known)
+    try:
+        return _flatten(data, known)
+    except ConfigError as exc:
+        raise ConfigError(f"properties file {path!r}: {exc}") from None
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error: PyYAML keeps the
+    last silently, so `output: s3://prod/...` with a forgotten `output: /tmp/test` below it
+    wrote to the test folder."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` merges a mapping whose keys the ones after it override
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _flatten(data: Mapping[str, Any], known: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested mappings as dotted keys (`headrace: {master: ...}` is `headrace.master`); a
-    mapping under a key that is a setting itself (`headrace.storage_options`) is its value."""
+    mapping under a key that is a setting itself (`headrace.storage_options`) is its value.
+    A setting given both ways (`headrace.num_cpus: 1` and `headrace: {num_cpus: 2}`) is an
+    error, not one of them chosen in silence."""
     out = {}
     for key, value in data.items():
         if isinstance(value, dict) and f"{prefix}{key}" not in known:
-            out.update(_flatten(value, known, f"{prefix}{key}."))
+            nested = _flatten(value, known, f"{prefix}{key}.")
         else:
-            out[f"{prefix}{key}"] = value
+            nested = {f"{prefix}{key}": value}
+        for name, setting in nested.items():
+            if name in out:
+                raise ConfigError(f"{name!r} is given twice (as a dotted key and in a nested mapping)")
+            out[name] = setting
     return out
 
 

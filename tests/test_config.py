@@ -46,6 +46,26 @@ def test_unknown_keys_name_what_is_known(factory, tmp_path):
         resolve(factory, properties_file=str(properties), environ={})
 
 
+def test_a_setting_given_twice_in_a_properties_file_is_an_error_not_the_last_one(factory, tmp_path):
+    """PyYAML keeps the last of two equal keys in silence: a forgotten `output: /tmp/test`
+    below `output: s3://prod/...` sent the run to the test folder; a setting given as a dotted
+    key and in a nested mapping was one of the two, chosen in silence."""
+    properties = tmp_path / "job.yaml"
+    properties.write_text("input: in\noutput: s3://prod/embeddings\nmax_tokens: 64\noutput: /tmp/test\n")
+    with pytest.raises(ConfigError, match=r"job.yaml' is not valid YAML: key 'output' is given twice \(lines 2 and 4\)"):
+        resolve(factory, properties_file=str(properties), environ={})
+    properties.write_text("headrace.num_cpus: 1\nheadrace:\n  num_cpus: 2\n")
+    with pytest.raises(ConfigError, match=r"'headrace.num_cpus' is given twice"):
+        resolve(factory, properties_file=str(properties), environ={})
+    # A merge key's mapping is overridden by the keys after it, as YAML means it.
+    properties.write_text("defaults: &defaults\n  max_tokens: 64\nheadrace:\n  <<: {num_cpus: 1}\n  num_cpus: 2\n")
+    with pytest.raises(ConfigError, match=r"unknown conf key 'defaults.max_tokens'"):
+        resolve(factory, properties_file=str(properties), environ={})
+    properties.write_text("headrace:\n  <<: {num_cpus: 1, master: 'local[1]'}\n  num_cpus: 2\n")
+    conf = resolve(factory, properties_file=str(properties), environ={})
+    assert (conf.engine.num_cpus, conf.engine.master) == (2, "local[1]")
+
+
 def test_storage_options_as_a_yaml_mapping_in_a_properties_file(factory, tmp_path):
     """The natural YAML form, a mapping under headrace.storage_options, is its value (it was
     taken for keys `headrace.storage_options.s3.endpoint_url` and refused as unknown)."""
