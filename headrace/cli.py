@@ -104,7 +104,23 @@ def _logging(verbose: bool) -> None:
     logging.getLogger("headrace").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+def _print_version(ctx: click.Context, _param, value: bool) -> None:
+    """`headrace --version`: headrace's version, then Python's and the libraries' that make
+    rows (what a run's manifest records as `software`; for a bug report)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from headrace.fingerprint import software
+
+    versions = software()
+    click.echo(f"headrace {versions.pop('headrace')}")
+    for name, version in versions.items():
+        click.echo(f"  {name} {version}")
+    ctx.exit(0)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", "-V", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print headrace's version and those of the libraries it runs on, and exit.")
 def main() -> None:
     """headrace: streaming batch inference over unstructured data on Ray."""
 
@@ -435,10 +451,15 @@ def _backfill_exit(results: list[dict], planned: int) -> int:
     return EXIT_FAILED
 
 
-def _reader_settings(conf_pairs, properties_file) -> None:
+def _reader_settings(output, conf_pairs, properties_file) -> None:
     """A command that reads an output (status, report) reads a bucket as the run wrote it:
     ``headrace.storage_options`` from the run's properties file, ``HEADRACE_STORAGE_OPTIONS``
-    or ``--conf``, besides the libraries' own environment."""
+    or ``--conf``, besides the libraries' own environment. An output no run could have
+    written (an unknown protocol, an empty one) is exit 2: a sensor's typo is not "not
+    committed yet", on which a sensor waits for ever."""
+    from headrace.storage import known_url
+
+    known_url(output, "output")
     engine = conf_mod.resolve_engine(properties_file=properties_file, conf=conf_mod.parse_pairs(list(conf_pairs)))
     conf_mod.use_storage_options(engine.storage_options)
 
@@ -455,7 +476,7 @@ def status(output, ds, conf_pairs, properties_file):
     from headrace.committed import partition_status
 
     day = conf_mod.parse_ds(ds)
-    _reader_settings(conf_pairs, properties_file)
+    _reader_settings(output, conf_pairs, properties_file)
     committed, line = partition_status(output, day)
     click.echo(line)
     sys.exit(EXIT_OK if committed else EXIT_FAILED)
@@ -471,7 +492,7 @@ def report(output, ds, conf_pairs, properties_file):
     (buckets: as for status)."""
     from headrace import html_report
 
-    _reader_settings(conf_pairs, properties_file)
+    _reader_settings(output, conf_pairs, properties_file)
     page = html_report.rewrite(output, conf_mod.parse_ds(ds))
     if page is None:
         click.echo(f"headrace: no run report for {output} ds={ds} (in {output}/_reports/ds={ds}/)", err=True)

@@ -6,14 +6,21 @@ of each stage class (along its class hierarchy) and of the pipeline file, the ou
 schema, the source and the sink (their reprs: a source leaves out of it what only packs
 work into tasks, such as ``files_per_block``). Engine settings (master, CPUs, the quality gate) do
 not change rows and are left out, so a rerun after exit 3 with a higher gate resumes.
+
+The versions of the libraries that make rows (``software``) are in the document but not in
+its hash: a resume after an upgrade starts afresh (a partition never holds rows of two
+tokenizer versions), while a date committed before the upgrade is still committed "as
+configured" (``backfill --skip-committed`` does not rerun every date after a pip upgrade).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
 import os
+import platform
 import sys
 from typing import Any, Iterable
 
@@ -40,7 +47,38 @@ def fingerprint(pipeline, settings: dict[str, Any], code_files: Iterable[str] = 
         "sink": repr(pipeline.sink),
     }
     document["hash"] = hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    document["software"] = software()
     return document
+
+
+# The distributions whose version can change a run's rows (a tokenizer's rules, a kernel's
+# arithmetic, an image or HTML decoder, a validation rule) or how it runs.
+LIBRARIES = ("ray", "numpy", "pyarrow", "polars", "pandera", "torch", "transformers", "tokenizers",
+             "pillow", "selectolax", "charset-normalizer", "fastwarc", "deltalake", "vllm")
+
+
+@functools.lru_cache(maxsize=1)
+def software() -> dict[str, str]:
+    """Python's version, headrace's and those of LIBRARIES that are installed (in the manifest)."""
+    from importlib import metadata
+
+    found = {"python": platform.python_version(), "headrace": __version__}
+    for name in LIBRARIES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def software_changed(old: dict | None, new: dict) -> str:
+    """The libraries whose version differs, in words (``transformers 4.57.0 -> 5.0.0``); empty
+    when none does or ``old`` predates the record."""
+    before, after = (old or {}).get("software"), new.get("software") or {}
+    if not before:
+        return ""
+    return ", ".join(f"{name} {before.get(name, '-')} -> {after.get(name, '-')}"
+                     for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name))
 
 
 def what_changed(old: dict | None, new: dict) -> str:

@@ -186,6 +186,9 @@ def _heading(document: dict) -> str:
             f"{html.escape(str(document.get('exit_code', 0)))}</p>")
     if reason:
         line += f"<p class='reason'>{html.escape(str(reason))}</p>"
+    software = document.get("software") or {}
+    if software:
+        line += "<p class='software'>" + html.escape(", ".join(f"{k} {v}" for k, v in software.items())) + "</p>"
     return line
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from headrace.fingerprint import software
+
 
 def build_manifest(
     *,
@@ -41,6 +43,7 @@ def build_manifest(
         "status": status,
         "pipeline": pipeline.name,
         "fingerprint": resumed.run.get("fingerprint"),
+        "software": software(),  # Python's and the libraries' versions that made the rows
         "name": engine.name or pipeline.name,
         "run_id": run_id,
         "ds": ds,

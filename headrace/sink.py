@@ -9,7 +9,7 @@ import fsspec
 import pyarrow as pa
 
 from headrace.errors import PipelineError
-from headrace.storage import Storage, absolute_url, check_writable
+from headrace.storage import Storage, check_writable, known_url
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -46,12 +46,7 @@ class ParquetSink:
     unique_names = False  # whether published files carry the run id even on a local disk
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "url", absolute_url(self.url, "output"))
-        protocol = fsspec.core.split_protocol(self.url)[0] or "file"
-        try:
-            fsspec.get_filesystem_class(protocol)
-        except (ImportError, ValueError) as exc:
-            raise PipelineError(f"output {self.url!r}: {exc}") from exc
+        object.__setattr__(self, "url", known_url(self.url, "output"))
         if self.rows_per_file < 1:
             raise PipelineError("rows_per_file must be at least 1")
 

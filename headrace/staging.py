@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headrace.envelope import FULL_WEIGHT
-from headrace.fingerprint import what_changed
+from headrace.fingerprint import software_changed, what_changed
 from headrace.storage import Storage
 
 MANIFEST = "_SUCCESS"
@@ -122,7 +122,8 @@ def prepare(area: StagingArea, fingerprint: dict, run_id: str, resume: bool = Tr
     storage = area.storage
     resumed = Resumed()
     previous = storage.read_json(area.path(RUN)) if storage.exists(area.path(RUN)) else None
-    same = previous is not None and previous.get("fingerprint") == fingerprint["hash"]
+    upgraded = software_changed(previous.get("document"), fingerprint) if previous is not None else ""
+    same = previous is not None and previous.get("fingerprint") == fingerprint["hash"] and not upgraded
     if previous is not None and resume and same and not previous.get("publishing"):
         resumed.attempt = len(previous.get("attempts", []))
         resumed.parts = _staged_parts(area)
@@ -133,6 +134,8 @@ def prepare(area: StagingArea, fingerprint: dict, run_id: str, resume: bool = Tr
                 why = "resume is off"
             elif previous.get("publishing"):
                 why = "the earlier run was publishing when it stopped"
+            elif previous.get("fingerprint") == fingerprint["hash"]:
+                why = f"the libraries changed: {upgraded}"
             else:
                 why = f"the configuration changed: {what_changed(previous.get('document'), fingerprint)}"
             resumed.discarded = f"{why} (earlier attempts: {', '.join(previous.get('attempts', [])) or '-'})"

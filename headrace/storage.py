@@ -46,6 +46,17 @@ def absolute_url(url: str, what: str = "path") -> str:
     return url
 
 
+def known_url(url: str, what: str = "path") -> str:
+    """absolute_url, whose protocol fsspec must know (its package installed): else a
+    ConfigError naming ``what``, as a run's output is checked."""
+    url = absolute_url(url, what)
+    try:
+        fsspec.get_filesystem_class(fsspec.core.split_protocol(url)[0] or "file")
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"{what} {url!r}: {exc}") from exc
+    return url
+
+
 class NotARegularFile(OSError):
     """A named pipe, socket or device where a file was listed: never opened (a pipe's open
     waits for a writer, for ever)."""

@@ -59,6 +59,12 @@ def test_rows_and_manifest(embedded):
     assert any(len(c) > 1 for c in per_doc.values())
     manifest = json.load(open(os.path.join(output, f"ds={DS}", "_SUCCESS")))
     assert manifest["run_id"] == result.manifest["run_id"]
+    import torch
+    import transformers
+
+    software = manifest["software"]  # what made these rows
+    assert (software["torch"], software["transformers"], software["headrace"]) == (
+        torch.__version__, transformers.__version__, headrace.__version__)
     assert manifest["counts"] == {
         "input": 12, "output": len(rows), "quarantined": 0, "input_with_output": 12, "input_quarantined_only": 0,
     }

@@ -278,6 +278,13 @@ def test_status_is_a_sensor_for_a_committed_date(tmp_path, docs):
     assert after.returncode == 0, after.stderr
     assert "ds=2026-11-06 committed by run" in after.stdout and "4 rows" in after.stdout
     assert cli("status", str(output), "--ds", "11/06/2026").returncode == 2
+    # An output no run could have written is configuration (exit 2), not "not committed yet",
+    # on which a sensor waits for ever: before, `headrace status "$OUTPUT"` with the variable
+    # unset looked in the working directory (exit 1), an unknown protocol failed with exit 1.
+    for command in ("status", "report"):
+        unset, typo = cli(command, "", "--ds", "2026-11-06"), cli(command, "s4://bucket/out", "--ds", "2026-11-06")
+        assert (unset.returncode, typo.returncode) == (2, 2), (unset.stderr, typo.stderr)
+        assert "output is empty" in unset.stderr and "Protocol not known: s4" in typo.stderr
 
 
 def test_a_run_whose_home_folder_cannot_be_written_runs(tmp_path, docs):
@@ -388,3 +395,15 @@ def test_a_stop_signal_soon_after_the_one_that_stopped_the_run_is_the_same_stop(
     with pytest.raises(errors.Terminated) as later:
         errors.raise_terminated(signal.SIGHUP, None)
     assert later.value.signal_name == "SIGHUP"
+
+
+def test_version_names_headrace_and_the_libraries_a_bug_report_needs():
+    import ray
+
+    import headrace
+
+    printed = cli("--version")
+    assert printed.returncode == 0, printed.stderr
+    lines = printed.stdout.splitlines()
+    assert lines[0] == f"headrace {headrace.__version__}" and f"  ray {ray.__version__}" in lines
+    assert any(line.startswith("  python 3.") for line in lines)

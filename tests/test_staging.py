@@ -125,6 +125,34 @@ def test_another_fingerprint_discards_the_staged_files_and_says_what_changed(tmp
     assert off.discarded.startswith("resume is off")
 
 
+def test_a_resume_after_a_library_upgrade_starts_afresh_and_a_committed_date_stays_committed(tmp_path, monkeypatch):
+    """Rows of two tokenizer versions in one partition differ as rows of two models do: a run
+    killed, then resumed after `pip install -U transformers`, kept the old rows beside the new.
+    The versions are recorded apart from the hash: `backfill --skip-committed` still skips the
+    dates committed before the upgrade (each partition was made by one version)."""
+    from headrace.fingerprint import software
+
+    sink, area = first_attempt(tmp_path)  # a staging record from before versions were recorded
+    installed = {**FINGERPRINT, "software": {"python": "3.11.7", "transformers": "4.57.0"}}
+    kept = staging.prepare(area, installed, "run-1")
+    assert kept.attempt == 1 and kept.parts and not kept.discarded
+    upgraded = {**FINGERPRINT, "software": {"python": "3.11.7", "transformers": "5.0.0"}}
+    resumed = staging.prepare(area, upgraded, "run-2")
+    assert resumed.attempt == 0 and not resumed.parts
+    assert resumed.discarded.startswith("the libraries changed: transformers 4.57.0 -> 5.0.0 (earlier attempts: run-0, run-1")
+    assert os.listdir(area.path("data")) == []
+
+    from headrace import Files, Pipeline, output_sink
+    from headrace.fingerprint import fingerprint
+
+    pipeline = Pipeline(name="p", source=Files(str(tmp_path / "in")), stages=[], sink=output_sink(str(tmp_path / "out")))
+    document = fingerprint(pipeline, {})
+    assert document["software"] == software() and software()["pyarrow"] == pa.__version__
+    monkeypatch.setattr("headrace.fingerprint.software", lambda: {"python": "3.11.7", "transformers": "5.0.0"})
+    after_upgrade = fingerprint(pipeline, {})
+    assert after_upgrade["hash"] == document["hash"] and after_upgrade["software"]["transformers"] == "5.0.0"
+
+
 class Killed(Exception):
     pass
 
