@@ -9,7 +9,9 @@ are shared its weight as any stage's rows are):
 - Parquet: one split per row group (read from the footer);
 - JSON Lines and CSV: byte ranges of ``split_bytes``; a split owns the lines that *start*
   inside its range (the reader of a range skips the line it begins in the middle of and
-  finishes the last line it began), so every line belongs to exactly one split;
+  finishes the last line it began), so every line belongs to exactly one split; a CSV row
+  may span lines (a quoted field with line breaks): a split owns the rows that start
+  between two boundaries found by reading back (``stages.tables._csv_boundary``);
 - gzip-compressed text (``.gz``) cannot be cut: one split per file;
 - WARC and WET (``.warc``, ``.warc.gz``, ``.wet``, ``.wet.gz``): byte ranges of
   ``split_bytes`` too, compressed or not: a split owns the records that start inside it

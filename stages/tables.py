@@ -257,11 +257,11 @@ class ReadTable(Stage):
         })
 
     def _text(self, split: dict, wanted: list[str], folders: dict):
-        lines = _lines(split)  # one line at a time: a split is never held whole
         if split["format"] == "jsonl":
             _not_a_json_document(split)
-            return _json_rows(lines, wanted, {name: value for name, (_, value) in folders.items()})
-        return _csv_rows(split, lines, wanted, {name: text for name, (text, _) in folders.items()})
+            # one line at a time: a split is never held whole
+            return _json_rows(_lines(split), wanted, {name: value for name, (_, value) in folders.items()})
+        return _csv_rows(split, _csv_records(split), wanted, {name: text for name, (text, _) in folders.items()})
 
     def _empty(self) -> pa.Table:
         schema = pa.schema([("split_id", pa.string()), ("source", pa.string()), *self.adds.items(),
@@ -367,15 +367,161 @@ def _warc_rows(split: dict, wanted: list[str], html_to_text: bool):
     return values, positions, errors
 
 
-UNCLOSED_QUOTE = "a quoted field is not closed on its line (a CSV row must be one line: quoted newlines are not supported)"
+# A quoted CSV field may hold line breaks (a ticket's text, a spreadsheet's cell): such a
+# row spans lines. A byte range cannot tell by itself whether its first line starts a row
+# or goes on with a quoted field of the row before, so the rows of a byte range are those
+# that start in [boundary(start), boundary(stop)), where boundary(offset) is the first row
+# start at or after ``offset``, found by reading back from it (_csv_boundary). Both ranges
+# that meet at an offset compute the same boundary: every row is read by exactly one split.
+CSV_LOOKBACK = (1 << 16, 1 << 20)  # bytes read back to find a boundary: tried in turn
+CSV_MAX_ROW_BYTES = 1 << 20  # a row longer than this: its quote is taken as never closed
+UNCLOSED_QUOTE = (f"a quoted field is not closed (within the row's split, or {CSV_MAX_ROW_BYTES:,} bytes): "
+                  "the row is read from its first line only")
 
 
-def _csv_rows(split: dict, lines, wanted: list[str], folders: dict):
+def _csv_scan(line: bytes, inside: bool) -> tuple[bool, bool]:
+    """(whether ``line`` ends inside a quoted field, whether it breaks CSV's grammar as
+    Python's strict reader does: text after a closing quote); ``inside``: whether the line
+    begins inside a quoted field. A quote opens a field only as its first character; in an
+    unquoted field it is text (`5" screen`), as Python's reader takes it."""
+    bad, i, n = False, 0, len(line)
+    while i <= n:
+        if inside:
+            j = line.find(b'"', i)
+            if j < 0:
+                return True, bad
+            if line[j + 1:j + 2] == b'"':
+                i = j + 2  # a doubled quote: a quote in the text
+                continue
+            inside, after = False, line[j + 1:j + 2]
+            if after == b",":
+                i = j + 2
+                if line[i:i + 1] == b'"':
+                    inside, i = True, i + 1
+                continue
+            if after in (b"\n", b"\r", b""):
+                return False, bad
+            bad = True  # text after a closing quote: the rest of the field is taken as text
+            i = j + 1
+        # outside quotes, inside an unquoted field or at the end of one
+        j = line.find(b",", i)
+        if j < 0:
+            return False, bad
+        i = j + 1
+        if line[i:i + 1] == b'"':
+            inside, i = True, i + 1
+    return inside, bad
+
+
+def _csv_first_scan(line: bytes) -> tuple[bool, bool]:
+    """_csv_scan for a line that begins a row (its first field may be quoted)."""
+    if b'"' not in line:
+        return False, False  # most rows: one line, nothing quoted
+    if line[:1] == b'"':
+        return _csv_scan(line[1:], True)
+    return _csv_scan(line, False)
+
+
+def _csv_boundary(handle, offset: int) -> int:
+    """The first row start at or after ``offset`` (the file's size where none is). Read
+    back from ``offset`` to a line start: of the two ways that line can be read (a row
+    starts there, or a quoted field of an earlier row goes on), one the bytes up to the
+    boundary contradict and the other does not (text after a closing quote: a field's
+    opening quote taken for a closing one) is dropped. Where the two still disagree, a
+    longer read back is tried; after the longest, a row starts at the first line start at
+    or after ``offset`` (a quoted field would be longer than CSV_MAX_ROW_BYTES)."""
+    if offset <= 0:
+        return 0
+    size = handle.seek(0, 2)
+    if offset >= size:
+        return size  # (a split "to the end" of a file that was empty when listed has a huge stop)
+    for lookback in CSV_LOOKBACK:
+        begin = max(0, offset - lookback)
+        if begin > 0:
+            handle.seek(begin - 1)
+            begin += len(handle.readline()) - 1  # the first line start at or after it
+        else:
+            handle.seek(0)
+        readings = [False, True] if begin > 0 else [False]  # inside a quoted field at ``begin``
+        inside = {assumed: assumed for assumed in readings}
+        found: dict[bool, int | None] = {assumed: None for assumed in readings}
+        position, limit = begin, offset + lookback
+        while True:
+            line = handle.readline()
+            for assumed in readings:
+                if found[assumed] is None and position >= offset and (not inside[assumed] or not line):
+                    found[assumed] = position
+            answers = {found[assumed] for assumed in readings}
+            if not line or position > limit or (None not in answers and len(answers) == 1):
+                break
+            contradicted = []
+            for assumed in readings:
+                inside[assumed], bad = _csv_scan(line, True) if inside[assumed] else _csv_first_scan(line)
+                if bad:
+                    contradicted.append(assumed)
+            if len(contradicted) == 1 and len(readings) == 2:
+                readings.remove(contradicted[0])
+            position += len(line)
+        answers = {found[assumed] for assumed in readings}
+        if None not in answers and len(answers) == 1:
+            return answers.pop()
+    handle.seek(offset - 1)
+    return offset - 1 + len(handle.readline())
+
+
+def _csv_records(split: dict):
+    """(byte offset, row) for every CSV row that starts in the split (see CSV_LOOKBACK), a
+    row's lines joined; a row whose quote does not close within the split (or within
+    CSV_MAX_ROW_BYTES) comes back as its first line alone, and reading goes on at the next."""
+    fs, path = fsspec.core.url_to_fs(split["source"])
+    with fs.open(path, "rb") as raw:
+        if split["compression"] == "gzip":
+            handle, start, stop = gzip.GzipFile(fileobj=raw), 0, None
+        else:
+            handle, start, stop = raw, _csv_boundary(raw, split["start"]), _csv_boundary(raw, split["stop"])
+        handle.seek(start)
+        pending: list[tuple[int, bytes]] = []  # lines read but not yet in a row
+        offset = start
+        while True:
+            if not pending:
+                if stop is not None and offset >= stop:
+                    return
+                line = handle.readline()
+                if not line:
+                    return
+                offset += len(line)
+                if b'"' not in line:  # most rows: one line, nothing quoted
+                    yield offset - len(line), line, False
+                    continue
+                pending.append((offset - len(line), line))
+            first, line = pending[0]
+            row, size, used = [line], len(line), 1
+            inside, _ = _csv_first_scan(line)
+            while inside:
+                if used == len(pending):
+                    more = handle.readline() if (stop is None or offset < stop) and size <= CSV_MAX_ROW_BYTES else b""
+                    if not more:
+                        break
+                    pending.append((offset, more))
+                    offset += len(more)
+                line = pending[used][1]
+                row.append(line)
+                size += len(line)
+                used += 1
+                inside, _ = _csv_scan(line, True)
+            if inside:  # never closed: the first line alone, and on from the next
+                yield first, pending.pop(0)[1], True
+                continue
+            del pending[:used]
+            yield first, b"".join(row), False
+
+
+def _csv_rows(split: dict, records, wanted: list[str], folders: dict):
     """Rows of a CSV file (fields as text); a column its header lacks is taken from
     ``folders`` (its text in the path) if named there."""
     header = _csv_header(split)
     if not header:
-        if any(raw.strip() for _, raw in lines):
+        if any(raw.strip() for _, raw, _ in records):
             raise ValueError(f"{split['source']}: the first line is blank; a CSV file's first line is its header")
         return {name: [] for name in wanted}, [], []  # an empty file: no records, as an empty JSON Lines file
     missing = [c for c in wanted if c not in header and c not in folders]
@@ -384,19 +530,19 @@ def _csv_rows(split: dict, lines, wanted: list[str], folders: dict):
     index = {name: header.index(name) for name in wanted if name in header}
     values = {name: [] for name in wanted}
     positions, errors = [], []
-    for offset, raw in lines:
+    for offset, raw, unclosed in records:
         if offset == 0 or not raw.strip():
-            continue  # the header line, or a blank line
+            continue  # the header row, or a blank line
         positions.append(offset)
         try:
-            # strict: a quote left open (a field with a newline in it, which a byte range
-            # cannot hold) is an error, not a field cut short at the end of the line.
             fields = next(csv.reader([raw.decode("utf-8")], strict=True))
             error = None if len(fields) == len(header) else f"expected {len(header)} fields, got {len(fields)}"
         except csv.Error as exc:
-            fields, error = [], (UNCLOSED_QUOTE if "unexpected end of data" in str(exc) else f"unreadable CSV row: {exc}")
+            fields, error = [], f"unreadable CSV row: {exc}"
         except (UnicodeDecodeError, StopIteration) as exc:
             fields, error = [], f"unreadable CSV row: {exc}"
+        if unclosed:
+            error = UNCLOSED_QUOTE
         errors.append(error)
         for name in wanted:
             values[name].append(None if error is not None else fields[index[name]] if name in index else folders[name])
@@ -404,11 +550,11 @@ def _csv_rows(split: dict, lines, wanted: list[str], folders: dict):
 
 
 def _csv_header(split: dict) -> list[str]:
-    fs, path = fsspec.core.url_to_fs(split["source"])
-    with fs.open(path, "rb") as raw:
-        handle = gzip.GzipFile(fileobj=raw) if split["compression"] == "gzip" else raw
-        first = handle.readline().decode("utf-8-sig")
-    return next(csv.reader([first]), [])
+    """The first row's fields (a quoted header name may hold a line break too)."""
+    whole = {"source": split["source"], "compression": split["compression"], "start": 0, "stop": 1}
+    for offset, raw, unclosed in _csv_records(whole):
+        return [] if unclosed else next(csv.reader([raw.decode("utf-8-sig")]), [])
+    return []
 
 
 def _as_declared(column: pa.ChunkedArray, kind: pa.DataType, integers: bool = False) -> pa.ChunkedArray | None:
