@@ -223,7 +223,9 @@ def list_inputs(pipeline: Pipeline, engine: EngineConf) -> Inputs:
         log.warning(warning)
         return Inputs(pipeline.source.schema.empty_table(), [warning])
     records, sizes = largest_first(listing.records, listing.sizes)
-    inputs = Inputs(records, [], size_histogram(listing.sizes), sizes)
+    inputs = Inputs(records, list(listing.warnings), size_histogram(listing.sizes), sizes)
+    for warning in listing.warnings:
+        log.warning(warning)
     if listing.ignored:
         inputs.ignored = ignored_summary(listing.ignored)
         inputs.warnings.append(ignored_warning(source, inputs.ignored))

@@ -28,6 +28,7 @@ class Listing:
     records: pa.Table
     sizes: pa.Array
     ignored: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # e.g. `{a,b}` alternatives that matched nothing
 
 
 def stable_id(uri: str) -> str:
@@ -80,7 +81,8 @@ class Files:
         except (ImportError, ValueError) as exc:
             raise ConfigError(f"input {self.given!r}: {exc}") from exc
         fs.invalidate_cache()  # a filesystem instance is shared in a process: list afresh
-        candidates = retrying(lambda: self._candidates(fs, path), 5, 0.2, f"list {self.url}")
+        warnings: list[str] = []
+        candidates = retrying(lambda: self._candidates(fs, path, warnings), 5, 0.2, f"list {self.url}")
         _refuse_names_not_utf8(candidates, self.given)
         output = 0
         if exclude:
@@ -97,9 +99,32 @@ class Files:
         uris = [fs.unstrip_protocol(p) for p in matched]
         records = pa.table({self.id_column: [stable_id(u) for u in uris], "source": uris}, schema=self.schema)
         ignored = tuple(fs.unstrip_protocol(p) for p in sorted(set(candidates) - set(matched)))
-        return Listing(records, sizes, ignored)
+        return Listing(records, sizes, ignored, tuple(dict.fromkeys(warnings)))
 
-    def _candidates(self, fs, path: str) -> dict[str, int | None]:
+    def _candidates(self, fs, path: str, warnings: list[str]) -> dict[str, int | None]:
+        """The files ``path`` names; `{a,b}` alternatives, as Spark's (Hadoop's) glob and
+        the shell read them, are listed each and their files taken together (before: `input
+        'crawl/{2026-11-01,2026-11-02}' does not exist`). An alternative that matches
+        nothing is passed over with a warning, as Spark's glob passes over it; where none
+        matches, the input does not exist."""
+        alternatives = brace_alternatives(path) if "{" in path and not fs.exists(path) else [path]
+        if len(alternatives) == 1:
+            return self._matched(fs, path)
+        found: dict[str, int | None] = {}
+        missing = []
+        for alternative in alternatives:
+            try:
+                found.update(self._matched(fs, alternative))
+            except ConfigError:
+                missing.append(alternative)
+        if len(missing) == len(alternatives):
+            raise ConfigError(f"input {self.given!r} does not exist (none of its {len(alternatives)} alternatives does)")
+        if missing:
+            warnings.append(f"input {self.given!r}: {len(missing)} of its {len(alternatives)} alternatives match nothing: "
+                            + ", ".join(fs.unstrip_protocol(m) for m in missing[:5]) + (", ..." if len(missing) > 5 else ""))
+        return found
+
+    def _matched(self, fs, path: str) -> dict[str, int | None]:
         # A local folder is walked here (links followed, an unreadable folder an error:
         # fsspec's find passes over both). Object stores list a prefix flat, page by page
         # (one request per 1,000 objects, none per object), and raise on a failed page.
@@ -129,6 +154,31 @@ class Files:
     def describe(self) -> str:
         exts = f" [{', '.join(self.extensions)}]" if self.extensions else ""
         return f"files {self.url}{exts}"
+
+
+def brace_alternatives(pattern: str) -> list[str]:
+    """The patterns ``pattern``'s `{a,b}` groups stand for, in order, each once: `d/{x,y}/*`
+    is `d/x/*` and `d/y/*`; groups nest (`{a,b{1,2}}`) and multiply (`{a,b}/{c,d}`); a group
+    without a comma at its top level is literal text, as in the shell."""
+    depth, start = 0, 0
+    for index, char in enumerate(pattern):
+        if char == "{":
+            depth, start = depth + 1, index if depth == 0 else start
+        elif char == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                parts, level, begin = [], 0, start + 1
+                for inner, c in enumerate(pattern[start + 1:index], start + 1):
+                    level += (c == "{") - (c == "}")
+                    if c == "," and level == 0:
+                        parts.append(pattern[begin:inner])
+                        begin = inner + 1
+                if parts:
+                    parts.append(pattern[begin:index])
+                    head, tail = pattern[:start], pattern[index + 1:]
+                    expanded = [p for part in parts for p in brace_alternatives(head + part + tail)]
+                    return list(dict.fromkeys(expanded))
+    return [pattern]
 
 
 def _local_files(fs, path: str, given: str) -> dict[str, int | None]:

@@ -125,7 +125,7 @@ class Tables:
         size; a text split's byte range); and the files of no table format the URL matched.
         Nothing under ``exclude`` (the run's output) is read, not even a footer (Files.listing)."""
         files = Files(self.url, extensions=tuple(FORMATS)).listing(exclude)
-        files, sizes, ignored = files.records, files.sizes, files.ignored
+        files, sizes, ignored, warnings = files.records, files.sizes, files.ignored, files.warnings
         rows, split_sizes = [], []
         fs, _ = fsspec.core.url_to_fs(self.url)
         listed = [(uri, size, *file_format(uri)) for uri, size in
@@ -153,7 +153,7 @@ class Tables:
         ids = [stable_id(f"{uri}#{group}:{start}") for uri, group, start in
                zip(table["source"].to_pylist(), table["row_group"].to_pylist(), table["start"].to_pylist())]
         return Listing(pa.table({"split_id": pa.array(ids, pa.string()), **table}, schema=SPLIT_SCHEMA),
-                       pa.array(split_sizes, pa.int64()), ignored)
+                       pa.array(split_sizes, pa.int64()), ignored, warnings)
 
     def describe(self) -> str:
         return f"table files {self.url} (Parquet by row group, JSON Lines / CSV / WARC by {self.split_bytes:,}-byte range)"

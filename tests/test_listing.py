@@ -92,6 +92,23 @@ def test_a_glob_that_matches_folders_reads_the_files_in_them(request, protocol, 
         assert [u.split("/crawl/", 1)[1] for u in listed.records.column("source").to_pylist()] == expected, glob
         assert not listed.ignored, glob  # _SUCCESS and .c.txt are hidden, as in a folder given by name
     assert not Files(crawl, extensions=(".txt",)).listing().ignored
+    # `{a,b}` alternatives, as Spark's glob and the shell read them (before: "does not exist").
+    listed = Files(f"{crawl}/{{2026-11-20,2026-10-*,2026-11-30}}", extensions=(".txt",)).listing()
+    assert [u.split("/crawl/", 1)[1] for u in listed.records.column("source").to_pylist()] == [
+        "2026-10-31/d.txt", "2026-11-20/a.txt"]
+    assert listed.warnings == (f"input '{crawl}/{{2026-11-20,2026-10-*,2026-11-30}}': 1 of its 3 alternatives match "
+                               f"nothing: {crawl}/2026-11-30",)
+    with pytest.raises(headrace.ConfigError, match=r"does not exist \(none of its 2 alternatives does\)"):
+        Files(f"{crawl}/{{2026-12-01,2026-12-02}}").listing()
+
+
+def test_brace_alternatives_multiply_nest_and_a_group_without_a_comma_is_text():
+    from headrace.source import brace_alternatives
+
+    assert brace_alternatives("d/{x,y}/*") == ["d/x/*", "d/y/*"]
+    assert brace_alternatives("{a,b}/{c,d}") == ["a/c", "a/d", "b/c", "b/d"]
+    assert brace_alternatives("{a,b{1,2}}.txt") == ["a.txt", "b1.txt", "b2.txt"]
+    assert brace_alternatives("{x}/{a,a}") == ["{x}/a"] and brace_alternatives("x{a,b") == ["x{a,b"]
 
 
 def test_a_file_name_that_is_not_utf8_is_named_in_an_exit_2(tmp_path):
