@@ -68,12 +68,11 @@ class DeltaSink(ParquetSink):
             options["AWS_ALLOW_HTTP"] = "true"
         return options
 
-    def check(self, ds: str, schema: pa.Schema) -> None:
+    def check_schema(self, ds: str, schema: pa.Schema) -> None:
         """An existing table whose schema differs from what the run writes is exit 2 before
         the run starts, as Spark refuses such a write without `overwriteSchema`: delta-rs
         took the run's schema as the table's, leaving the other dates' files under a
         schema that no longer describes them (a column's type changed, one dropped)."""
-        super().check(ds, schema)
         from deltalake import DeltaTable, Schema
         from deltalake.exceptions import TableNotFoundError
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import fsspec
 import pyarrow as pa
 
-from headrace.errors import PipelineError
+from headrace.errors import ConfigError, PipelineError
 from headrace.storage import Storage, check_writable, known_url
 
 QUARANTINE_SCHEMA = pa.schema(
@@ -73,8 +73,36 @@ class ParquetSink:
 
     def check(self, ds: str, schema: pa.Schema) -> None:
         """What makes a run of ``ds`` unable to publish, found before it starts (ConfigError,
-        exit 2): here, a local output it could not write (headrace.storage.check_writable)."""
+        exit 2): a local output it could not write (headrace.storage.check_writable), an
+        output whose other dates hold another schema (check_schema)."""
         check_writable(self.storage(), self.root(ds))
+        self.check_schema(ds, schema)
+
+    def check_schema(self, ds: str, schema: pa.Schema) -> None:
+        """A column whose type differs from the one the latest other committed date holds is
+        exit 2 before the run: readers of more than one date fail on it (headrace.read:
+        `ArrowTypeError: Unable to merge: Field words has incompatible types`) or misread it
+        (pyarrow.dataset and Spark take one file's schema for all). A column added or left
+        out is no such change: readers fill it with nulls where a date lacks it. An output
+        whose URL holds `{ds}` has a folder per date, and no such readers."""
+        if "{ds}" in self.url:
+            return
+        storage = self.storage()
+        root = self.root(ds)
+        dates = sorted((name[3:] for name in storage.listdir(root) if name.startswith("ds=") and name[3:] != ds),
+                       reverse=True)
+        for other in dates:
+            manifest = posixpath.join(root, f"ds={other}", "_SUCCESS")
+            if not storage.exists(manifest):
+                continue
+            have = {c["name"]: c["type"] for c in storage.read_json(manifest).get("schema") or []}
+            changed = [f"{f.name}: {have[f.name]} -> {f.type}" for f in schema if f.name in have and have[f.name] != str(f.type)]
+            if changed:
+                raise ConfigError(
+                    f"the output {self.url} holds another type in a column this run writes ({'; '.join(changed)}; "
+                    f"committed ds={other} and maybe earlier dates): readers of more than one date would fail or misread "
+                    "it. Write to a new output (and backfill it), or keep the column's type")
+            return
 
     def publish(self, area, manifest: dict, run: dict, ds: str, files, schema: pa.Schema) -> None:
         """Make the staged partition visible (headrace.commit)."""

@@ -407,3 +407,34 @@ def test_version_names_headrace_and_the_libraries_a_bug_report_needs():
     lines = printed.stdout.splitlines()
     assert lines[0] == f"headrace {headrace.__version__}" and f"  ray {ray.__version__}" in lines
     assert any(line.startswith("  python 3.") for line in lines)
+
+
+def test_a_run_that_would_change_a_column_s_type_across_dates_is_exit_2_before_it_starts(tmp_path, docs):
+    """A stage changed `words` from int32 to string and the next night's run committed into
+    the same output: `headrace.read` of all dates then failed (`ArrowTypeError: Unable to
+    merge: Field words has incompatible types`), and pyarrow.dataset read every date with
+    the first file's type. Delta refused it already; Parquet output does too now. A column
+    added is no such change (readers fill it with nulls for the earlier dates)."""
+    output = tmp_path / "out"
+    first = cli("submit", WORD_COUNT, "--master", "local[1]", "--ds", "2026-11-01", "--conf", f"input={docs}",
+                "--conf", f"output={output}", "--conf", "headrace.progress=false")
+    assert first.returncode == 0, first.stderr
+    source = open(WORD_COUNT).read()
+    as_text = source.replace('adds = {"words": pa.int32()}', 'adds = {"words": pa.string()}').replace(
+        '.list.len())', '.list.len().cast(str))')
+    added = source.replace('adds = {"words": pa.int32()}', 'adds = {"words": pa.int32(), "chars": pa.int32()}').replace(
+        '.list.len())', '.list.len(), chars=batch["text"].str.split(" ").list.len())')
+    added = added.replace('columns=["doc_id", "source", "words"]', 'columns=["doc_id", "source", "words", "chars"]')
+    for name, text in (("as_text.py", as_text), ("added.py", added)):
+        assert text != source
+        (tmp_path / name).write_text(text)
+    changed = cli("submit", str(tmp_path / "as_text.py"), "--ds", "2026-11-02", "--conf", f"input={docs}",
+                  "--conf", f"output={output}", "--dry-run")
+    assert changed.returncode == 2, changed.stderr
+    assert "holds another type in a column this run writes (words: int32 -> string; committed ds=2026-11-01" in changed.stderr
+    again = cli("submit", str(tmp_path / "as_text.py"), "--ds", "2026-11-01", "--conf", f"input={docs}",
+                "--conf", f"output={output}", "--dry-run")
+    assert again.returncode == 0, again.stderr  # the only date there: rerun, it is replaced whole
+    more = cli("submit", str(tmp_path / "added.py"), "--ds", "2026-11-02", "--conf", f"input={docs}",
+               "--conf", f"output={output}", "--dry-run")
+    assert more.returncode == 0, more.stderr
