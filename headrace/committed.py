@@ -125,8 +125,27 @@ def read(output: str, ds: str | None = None, columns: Sequence[str] | None = Non
         if missing:
             raise KeyError(f"{output} has no column {', '.join(map(repr, missing))}: its columns are "
                            f"{', '.join(sorted(present))}, and ds")
-    table = pa.concat_tables([t for t, _ in read], promote_options="default")
+    try:
+        table = pa.concat_tables([t for t, _ in read], promote_options="default")
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+        raise type(exc)(f"{output}: {_type_changes([(date, t) for (date, _), (t, _) in zip(files, read)]) or exc}") from exc
     return table.select(wanted) if wanted is not None else table
+
+
+def _type_changes(tables: list[tuple[str, pa.Table]]) -> str:
+    """Which columns hold another type in which dates, in words (a Parquet output written
+    before runs were refused for it: ``ParquetSink.check_schema``)."""
+    seen: dict[str, dict[str, list[str]]] = {}
+    for date, table in tables:
+        for field in table.schema:
+            dates = seen.setdefault(field.name, {}).setdefault(str(field.type), [])
+            if date not in dates:
+                dates.append(date)
+    changes = [f"column {name!r} is " + " but ".join(
+        f"{kind} in ds={dates[0]}" + (f" (and {len(dates) - 1} more dates)" if len(dates) > 1 else "")
+        for kind, dates in sorted(kinds.items(), key=lambda item: min(item[1])))
+        for name, kinds in seen.items() if len(kinds) > 1]
+    return "; ".join(changes) + ": read the dates apart (ds=...), or write them again with one type" if changes else ""
 
 
 def scan(output: str, ds: str | None = None, storage_options: dict | None = None):

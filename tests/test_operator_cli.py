@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tempfile
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -438,3 +439,14 @@ def test_a_run_that_would_change_a_column_s_type_across_dates_is_exit_2_before_i
     more = cli("submit", str(tmp_path / "added.py"), "--ds", "2026-11-02", "--conf", f"input={docs}",
                "--conf", f"output={output}", "--dry-run")
     assert more.returncode == 0, more.stderr
+    # An output written before this check: headrace.read names the column and the dates.
+    shutil.copytree(output / "ds=2026-11-01", output / "ds=2026-10-31")
+    for part in (output / "ds=2026-10-31").glob("part-*.parquet"):
+        table = pq.read_table(part)
+        pq.write_table(table.set_column(table.schema.get_field_index("words"), "words",
+                                        table.column("words").cast(pa.string())), part)
+    import headrace
+
+    with pytest.raises(pa.ArrowTypeError, match=r"column 'words' is string in ds=2026-10-31 but int32 in ds=2026-11-01: "
+                                                r"read the dates apart"):
+        headrace.read(str(output))
