@@ -112,6 +112,12 @@ class Pipeline:
                 raise PipelineError(
                     f"output column {column!r} is produced by no stage (available: {', '.join(columns)})"
                 )
+        if "ds" in (self.columns or [c for c in columns if c not in HIDDEN]):
+            # Before, such a run committed, and every reader of the output failed on it:
+            # headrace.read (`duplicate field names`), Spark (a data column named as the
+            # partition column), pyarrow.dataset with hive partitioning.
+            raise PipelineError("output column 'ds' is the output's partition column (its folders are ds=YYYY-MM-DD, and "
+                                "readers add ds from them): rename it, or leave it out of the output's columns")
         return schemas
 
     def explain(self) -> str:

@@ -105,6 +105,23 @@ def test_output_schema_follows_the_declared_contract():
         build([Read(), Decode()], columns=["bytes"])
 
 
+def test_an_output_column_named_ds_is_refused_it_is_the_partition_column():
+    """Before, such a run committed and every reader of the output failed on it
+    (headrace.read: `Can't unify schema with duplicate field names`)."""
+    class Dated(Stage):
+        needs = ("text",)
+        adds = {"ds": pa.string()}
+
+        def process(self, batch):
+            return batch
+
+    with pytest.raises(PipelineError, match="output column 'ds' is the output's partition column"):
+        build([Read(), Decode(), Dated()])
+    with pytest.raises(PipelineError, match="output column 'ds'"):
+        build([Read(), Decode(), Dated()], columns=["doc_id", "ds"])
+    assert build([Read(), Decode(), Dated()], columns=["doc_id", "text"]).output_schema.names == ["doc_id", "text"]
+
+
 def test_with_returns_a_copy():
     original = Model()
     changed = original.with_(batch_size=8, gpus=0.5)
