@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import posixpath
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -19,6 +21,7 @@ from fsspec.implementations.local import LocalFileSystem as LocalFileSystemSpec
 from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
 
 from headrace.config import parse_ds
+from headrace.lock import _process_exists
 from headrace.storage import known_url, parquet_file
 
 MANIFEST = "_SUCCESS"
@@ -87,7 +90,26 @@ def partition_status(output: str, ds: str, storage_options: dict | None = None) 
     if fs.exists(failed):
         reason = json.loads(fs.cat_file(failed)).get("reason", "")
         return False, f"{output} ds={ds} is not committed: its last run was refused: {reason}"
-    return False, f"{output} ds={ds} is not committed"
+    working = _lock_holder(fs, posixpath.join(root, "_staging", f"ds={ds}.lock"))
+    return False, f"{output} ds={ds} is not committed" + (f": {working}" if working else "")
+
+
+def _lock_holder(fs, path: str, stale_s: float = 180.0) -> str:
+    """Who holds the date's lock (headrace.lock), in words: a run working on the date, or
+    one whose heartbeat stopped (killed; its retry takes the lock over); empty if none."""
+    try:
+        holder = json.loads(fs.cat_file(path))
+    except (FileNotFoundError, ValueError):
+        return ""
+    beat = float(holder.get("beat") or 0.0)
+    since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(float(holder.get("since") or beat)))
+    who = f"run {holder.get('run_id')}, pid {holder.get('pid')} on {holder.get('host')}, since {since}"
+    ago = time.time() - beat
+    gone = holder.get("host") == socket.gethostname() and not _process_exists(int(holder.get("pid") or -1))
+    if ago < stale_s and not gone:
+        return f"a run is working on it ({who}; last heartbeat {ago:.0f} s ago)"
+    stopped = "its process is gone" if gone else f"no heartbeat for {ago / 60:.0f} min"
+    return f"a run left its lock ({who}; {stopped}): the next run takes it over and resumes what it staged"
 
 
 def read(output: str, ds: str | None = None, columns: Sequence[str] | None = None,

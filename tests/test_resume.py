@@ -196,8 +196,22 @@ def test_editing_the_stage_after_a_kill_discards_what_the_old_code_staged(ray_cl
     shutil.copy(SLOW, job)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": ROOT}
     conf = (f"input={corpus}", f"output={output}", "headrace.progress=false")
+    lock, working = os.path.join(output, "_staging", f"ds={DS}.lock"), []
+
+    def status():
+        return subprocess.run([*HEADRACE, "status", output, "--ds", DS], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    def meanwhile():  # a sensor asking while the run works says so (before: only "is not committed")
+        if not working and os.path.exists(lock):
+            working.append(status())
+
     kill_when_staged(submit(*conf, "delay=0.2", pipeline=str(job)), env,
-                     os.path.join(output, "_staging", f"ds={DS}", "progress"), parts=2)
+                     os.path.join(output, "_staging", f"ds={DS}", "progress"), meanwhile, parts=2)
+    assert working[0].returncode == 1 and "is not committed: a run is working on it (run " in working[0].stdout
+    left = status()
+    assert left.returncode == 1 and "is not committed: a run left its lock (run " in left.stdout, left.stdout
+    assert "its process is gone): the next run takes it over and resumes what it staged" in left.stdout
 
     source = job.read_text()
     job.write_text(source.replace("lines.append(line)", "lines.append(line.upper())"))  # the fix
