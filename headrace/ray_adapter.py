@@ -82,6 +82,7 @@ def connect(
                 # lives for one run: keep its workers until ray.shutdown instead.
                 _system_config={"kill_idle_workers_interval_ms": 0},
             )
+            _keep_few_sessions(ray._private.worker._global_node.get_session_dir_path())
         else:
             check_master(master.address)
             try:
@@ -98,6 +99,46 @@ def connect(
     return Cluster(cpus=cpus, gpus=float(resources.get("GPU", 0)), cores=cores,
                    object_store=float(resources.get("object_store_memory", 0)),
                    nodes=sum(1 for node in ray.nodes() if node.get("Alive")))
+
+
+KEPT_SESSIONS = 10  # Ray session folders (logs) of the latest local runs kept for a look after the run
+SESSION_MARK = "headrace"  # a file in the session folder of a Ray that headrace started
+
+
+def _keep_few_sessions(current: str, keep: int = KEPT_SESSIONS) -> None:
+    """Mark ``current`` (the session folder of the local Ray this run started) as headrace's,
+    and remove such folders beyond the latest ``keep``. Ray never removes them: a nightly
+    job left a folder of logs a night under /tmp/ray (up to 8 MB each; 1,941 folders, 766
+    MB on the machine that runs this project's tests). Only folders headrace marked, whose
+    driver (the pid the folder's name ends with) is gone, are removed: another Ray's, or a
+    running one's, never."""
+    try:
+        with open(os.path.join(current, SESSION_MARK), "w") as mark:
+            mark.write(f"{os.getpid()}\n")
+        root = os.path.dirname(current)
+        ours = []
+        for name in os.listdir(root):
+            path = os.path.join(root, name)
+            pid = name.rsplit("_", 1)[-1]
+            if (name.startswith("session_") and path != current and not os.path.islink(path) and pid.isdigit()
+                    and os.path.isfile(os.path.join(path, SESSION_MARK)) and not _running(int(pid))):
+                ours.append(path)
+        import shutil
+
+        for path in sorted(ours)[:max(0, len(ours) - (keep - 1))]:  # names sort by their start time
+            shutil.rmtree(path, ignore_errors=True)
+    except OSError as exc:  # logs are kept rather than a run stopped
+        log.debug("old Ray session folders not removed: %s", exc)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _token_without_a_writable_home() -> None:

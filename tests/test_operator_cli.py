@@ -275,6 +275,12 @@ def test_status_is_a_sensor_for_a_committed_date(tmp_path, docs):
     stderr = run.stderr.read()
     assert run.wait(timeout=300) == 0, stderr[-2000:]
     assert "nothing was published" not in stderr, stderr[-2000:]
+    # The local Ray it started left its session folder (logs) marked as headrace's, for the
+    # next run to remove once there are more than ray_adapter.KEPT_SESSIONS of them.
+    import glob
+
+    sessions = glob.glob(os.path.join(tempfile.gettempdir(), "ray", f"session_*_{run.pid}"))
+    assert len(sessions) == 1 and os.path.isfile(os.path.join(sessions[0], "headrace")), sessions
     after = cli("status", str(output), "--ds", "2026-11-06")
     assert after.returncode == 0, after.stderr
     assert "ds=2026-11-06 committed by run" in after.stdout and "4 rows" in after.stdout
@@ -450,3 +456,29 @@ def test_a_run_that_would_change_a_column_s_type_across_dates_is_exit_2_before_i
     with pytest.raises(pa.ArrowTypeError, match=r"column 'words' is string in ds=2026-10-31 but int32 in ds=2026-11-01: "
                                                 r"read the dates apart"):
         headrace.read(str(output))
+
+
+def test_only_headrace_s_finished_ray_session_folders_beyond_the_latest_few_are_removed(tmp_path):
+    """Ray never removes a local Ray's session folder (its logs): a nightly job left one a
+    night under /tmp/ray."""
+    from headrace.ray_adapter import SESSION_MARK, _keep_few_sessions
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    gone, alive = finished.pid, os.getpid()
+
+    def session(day, pid, marked=True):
+        folder = tmp_path / f"session_2026-11-{day:02d}_01-00-00_000000_{pid}"
+        (folder / "logs").mkdir(parents=True)
+        if marked:
+            (folder / SESSION_MARK).write_text(f"{pid}\n")
+        return folder
+
+    old = [session(day, gone) for day in range(1, 6)]
+    running, foreign = session(6, alive), session(7, gone, marked=False)
+    (tmp_path / "session_latest").symlink_to(old[0])
+    current = session(8, alive, marked=False)
+    _keep_few_sessions(str(current), keep=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [old[3].name, old[4].name, running.name, foreign.name, "session_latest", current.name])
+    assert (current / SESSION_MARK).read_text() == f"{alive}\n"
