@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 
 from headrace.errors import ConservationError, QualityGateError
 from headrace.staging import FAILED, MANIFEST, RUN, StagedPart, StagingArea
+from headrace.storage import sync_folder
 
 EMPTY_PART = "part-00000.parquet"
 
@@ -161,6 +162,8 @@ def publish(area: StagingArea, manifest: dict, run: dict, partition: str, quaran
     staged = {key: posixpath.basename(source) for key, source in files.sources.items()}
     sweep(area.storage, area.path("data"), {v for k, v in staged.items() if not k.startswith("_quarantine/")})
     sweep(area.storage, area.path("quarantine"), {v for k, v in staged.items() if k.startswith("_quarantine/")})
+    for folder in (area.path("data"), area.path("quarantine")):
+        sync_folder(folder)  # the sweep's removals last too: no unlisted file comes back after a crash
     area.storage.write_json(area.path("data", MANIFEST), manifest)
     # From here on the staged files are not to be resumed: a kill during the swap
     # could leave the old partition's files where the staged ones were.
@@ -215,15 +218,24 @@ def publish_directory(staged: str, final: str) -> None:
     os.makedirs(os.path.dirname(final), exist_ok=True)
     if not os.path.exists(final):
         os.rename(staged, final)
+        _sync_both(staged, final)
         return
     if _exchange(staged, final):
+        _sync_both(staged, final)
         shutil.rmtree(staged)
         return
     aside = os.path.join(os.path.dirname(final), "_replaced_" + os.path.basename(final))
     shutil.rmtree(aside, ignore_errors=True)
     os.rename(final, aside)
     os.rename(staged, final)
+    _sync_both(staged, final)
     shutil.rmtree(aside)
+
+
+def _sync_both(staged: str, final: str) -> None:
+    """The published name lasts through a crash: fsync the folders the rename touched."""
+    for folder in dict.fromkeys((os.path.dirname(final), os.path.dirname(staged))):
+        sync_folder(folder)
 
 
 def _exchange(a: str, b: str) -> bool:
