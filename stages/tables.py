@@ -29,7 +29,7 @@ class ReadTable(Stage):
 
     A row that cannot be read (a malformed JSON line, a CSV row with the wrong number of
     fields, a value of the wrong type, a null or empty value of a ``required`` column, a
-    null id) becomes a quarantined row naming the file, its line's byte offset (or row
+    null or empty id) becomes a quarantined row naming the file, its line's byte offset (or row
     number) and the reason; its neighbours carry on. A split that cannot be read at all
     (a missing column, a corrupt file) is quarantined whole. ``as_text`` names string
     columns that take a value of any type as its text (``5``, ``true``, ``["a", "b"]``),
@@ -147,9 +147,13 @@ class ReadTable(Stage):
         ids = []
         for row, position in enumerate(positions):
             value = values[self.id_column][row] if self.id_column else None
+            if value is not None and str(value) == "":
+                value, empty = None, True  # an empty id is no id: before, the row's id was ""
+            else:
+                empty = False
             if self.id_column and value is None and errors[row] is None:
-                errors[row] = f"{uri} {where} {position}: id column {self.id_column!r} is null"
-            # A row without an id (a malformed line, a null id) is quarantined: under its place.
+                errors[row] = f"{uri} {where} {position}: id column {self.id_column!r} is {'empty' if empty else 'null'}"
+            # A row without an id (a malformed line, a null or empty id) is quarantined: under its place.
             ids.append((f"{uri}#{position}" if where == "row" else f"{uri}@{position}") if value is None else str(value))
         columns = {"split_id": [split["split_id"]] * len(positions), "source": [uri] * len(positions), "record_id": ids}
         for name, kind in self.columns.items():
@@ -233,10 +237,15 @@ class ReadTable(Stage):
             f"{uri}#", pc.cast(pa.array(np.arange(first, first + n)), pa.string()), "")
         if ids is None:
             ids = places()
-        elif ids.null_count:
-            for row in _rows_where(pc.is_null(ids)):
-                errors.setdefault(row, f"{uri} row {first + row}: id column {self.id_column!r} is null")
-            ids = pc.coalesce(ids, places())  # rows without an id are quarantined under their place
+        else:
+            empty = pc.equal(pc.utf8_length(ids), 0)
+            if ids.null_count or pc.any(empty).as_py():
+                for row in _rows_where(pc.is_null(ids)):
+                    errors.setdefault(row, f"{uri} row {first + row}: id column {self.id_column!r} is null")
+                for row in _rows_where(empty):
+                    errors.setdefault(row, f"{uri} row {first + row}: id column {self.id_column!r} is empty")
+                # rows without an id are quarantined under their place
+                ids = pc.coalesce(pc.if_else(empty, pa.scalar(None, pa.string()), ids), places())
         for name in self.required:
             column = columns[name]
             missing = pc.is_null(column)

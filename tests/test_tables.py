@@ -160,6 +160,19 @@ def test_parquet_rows_the_same_whatever_the_file_stores_them_as(tmp_path):
             None, "text is empty", "text is null", "id column 'id' is null", None]
         for row, error in enumerate(out.column("_row_error").to_pylist()):
             assert error is None or error.split(": ", 1)[0].endswith(f".parquet row {row}")  # across row groups
+    # An empty id is no id either (before, the row's record_id was "", which the output's
+    # contract then refused with pandera's words: `str_length(1, None) failed on column record_id`).
+    for text in (pa.array(["x", "y", "z"]), pa.array([1, 2, 3])):  # Arrow's path, and the value-by-value one
+        out = read(pa.table({"id": ["a", "", None], "text": text}), columns={"text": pa.string()}, id_column="id",
+                   as_text=("text",))
+        ids = out.column("record_id").to_pylist()
+        assert ids[0] == "a" and ids[1].endswith(".parquet#1") and ids[2].endswith(".parquet#2")
+        assert [e and e.split(": ", 1)[1] for e in out.column("_row_error").to_pylist()] == [
+            None, "id column 'id' is empty", "id column 'id' is null"]
+    write(str(tmp_path), "ids.csv", b"id,text\na,x\n,y\n")
+    out = ReadTable({"text": pa.string()}, id_column="id").process(Tables(str(tmp_path / "ids.csv")).list())
+    assert [e and e.split(": ", 1)[1] for e in out.column("_row_error").to_pylist()] == [None, "id column 'id' is empty"]
+    assert out.column("record_id").to_pylist()[1] == f"file://{tmp_path}/ids.csv@12"
     out = read(pa.table({"n": [1.0, 2.5, None, 4.0]}), columns={"n": pa.int64()})
     assert out.column("record_id").to_pylist()[0].endswith(".parquet#0")
     assert out.column("n").to_pylist() == [1, None, None, 4]
