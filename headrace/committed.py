@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import posixpath
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
@@ -21,7 +20,7 @@ from fsspec.implementations.local import LocalFileSystem as LocalFileSystemSpec
 from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
 
 from headrace.config import parse_ds
-from headrace.lock import _process_exists
+from headrace.lock import STALE_S, holder_gone
 from headrace.storage import known_url, parquet_file
 
 MANIFEST = "_SUCCESS"
@@ -94,7 +93,7 @@ def partition_status(output: str, ds: str, storage_options: dict | None = None) 
     return False, f"{output} ds={ds} is not committed" + (f": {working}" if working else "")
 
 
-def _lock_holder(fs, path: str, stale_s: float = 180.0) -> str:
+def _lock_holder(fs, path: str) -> str:
     """Who holds the date's lock (headrace.lock), in words: a run working on the date, or
     one whose heartbeat stopped (killed; its retry takes the lock over); empty if none."""
     try:
@@ -105,10 +104,9 @@ def _lock_holder(fs, path: str, stale_s: float = 180.0) -> str:
     since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(float(holder.get("since") or beat)))
     who = f"run {holder.get('run_id')}, pid {holder.get('pid')} on {holder.get('host')}, since {since}"
     ago = time.time() - beat
-    gone = holder.get("host") == socket.gethostname() and not _process_exists(int(holder.get("pid") or -1))
-    if ago < stale_s and not gone:
+    if not holder_gone(holder):
         return f"a run is working on it ({who}; last heartbeat {ago:.0f} s ago)"
-    stopped = "its process is gone" if gone else f"no heartbeat for {ago / 60:.0f} min"
+    stopped = f"no heartbeat for {ago / 60:.0f} min" if ago >= STALE_S else "its process is gone"
     return f"a run left its lock ({who}; {stopped}): the next run takes it over and resumes what it staged"
 
 

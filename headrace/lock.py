@@ -30,8 +30,19 @@ from headrace.storage import Storage
 log = logging.getLogger("headrace")
 
 
+STALE_S = 180.0  # a holder whose heartbeat is older is taken for gone
+
+
+def holder_gone(holder: dict, stale_s: float = STALE_S) -> bool:
+    """Whether a lock's holder (its document) is gone: no heartbeat for ``stale_s``, or,
+    on this host, its process no longer exists."""
+    if time.time() - float(holder.get("beat") or 0.0) >= stale_s:
+        return True
+    return holder.get("host") == socket.gethostname() and not process_exists(int(holder.get("pid") or -1))
+
+
 class RunLock:
-    def __init__(self, storage: Storage, path: str, run_id: str, heartbeat_s: float = 30.0, stale_s: float = 180.0,
+    def __init__(self, storage: Storage, path: str, run_id: str, heartbeat_s: float = 30.0, stale_s: float = STALE_S,
                  wait_s: float = 0.0, poll_s: float = 5.0):
         self.storage, self.path, self.run_id = storage, path, run_id
         self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
@@ -107,10 +118,7 @@ class RunLock:
         if holder is None:
             return False  # none, or released meanwhile
         beat = float(holder.get("beat", 0.0))
-        alive = time.time() - beat < self.stale_s
-        if alive and holder.get("host") == socket.gethostname():
-            alive = _process_exists(int(holder.get("pid", -1)))
-        if alive:
+        if not holder_gone(holder, self.stale_s):
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", beat)))
             raise RunInProgress(
                 f"another run ({holder.get('run_id')}, pid {holder.get('pid')} on {holder.get('host')}, "
@@ -163,7 +171,7 @@ class RunLock:
             pass
 
 
-def _process_exists(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
     if pid <= 0:
         return False
     try:

@@ -34,6 +34,7 @@ from headrace import loader
 from headrace.envelope import describe_exception, envelop
 from headrace.errors import STOP_SIGNALS, ConfigError, StageBroken, TaskFailed, raise_terminated
 from headrace.isolate import FailureWatch, apply_stage
+from headrace.lock import process_exists
 from headrace.memory import HeapTrimmer
 from headrace.part_writer import PartWriter
 from headrace.pipeline import CUT_ROWS, Pipeline
@@ -121,7 +122,7 @@ def _keep_few_sessions(current: str, keep: int = KEPT_SESSIONS) -> None:
             path = os.path.join(root, name)
             pid = name.rsplit("_", 1)[-1]
             if (name.startswith("session_") and path != current and not os.path.islink(path) and pid.isdigit()
-                    and os.path.isfile(os.path.join(path, SESSION_MARK)) and not _running(int(pid))):
+                    and os.path.isfile(os.path.join(path, SESSION_MARK)) and not process_exists(int(pid))):
                 ours.append(path)
         import shutil
 
@@ -129,16 +130,6 @@ def _keep_few_sessions(current: str, keep: int = KEPT_SESSIONS) -> None:
             shutil.rmtree(path, ignore_errors=True)
     except OSError as exc:  # logs are kept rather than a run stopped
         log.debug("old Ray session folders not removed: %s", exc)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _token_without_a_writable_home() -> None:
