@@ -82,7 +82,13 @@ class Files:
             raise ConfigError(f"input {self.given!r}: {exc}") from exc
         fs.invalidate_cache()  # a filesystem instance is shared in a process: list afresh
         warnings: list[str] = []
-        candidates = retrying(lambda: self._candidates(fs, path, warnings), 5, 0.2, f"list {self.url}")
+        try:
+            candidates = retrying(lambda: self._candidates(fs, path, warnings), 5, 0.2, f"list {self.url}")
+        finally:
+            # s3fs's and gcsfs's find keep every object's details in the filesystem's listing
+            # cache, which lives as long as the process: 1.2 KB an S3 object (1 GiB a million)
+            # held by the driver for the whole run, beside the listing's Arrow table (60 bytes).
+            fs.invalidate_cache()
         _refuse_names_not_utf8(candidates, self.given)
         output = 0
         if exclude:
