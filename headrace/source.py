@@ -102,10 +102,20 @@ class Files:
             ignored = f" ({len(candidates)} other files ignored)" if candidates else ""
             under = f" (and {output} under the output, which a run never reads)" if output else ""
             raise NoInputs(f"input {self.given!r} matched no {wanted}files{ignored}{under}")
-        uris = [fs.unstrip_protocol(p) for p in matched]
-        records = pa.table({self.id_column: [stable_id(u) for u in uris], "source": uris}, schema=self.schema)
-        ignored = tuple(fs.unstrip_protocol(p) for p in sorted(set(candidates) - set(matched)))
-        return Listing(records, sizes, ignored, tuple(dict.fromkeys(warnings)))
+        ignored = tuple(fs.unstrip_protocol(p) for p in sorted(p for p in candidates if not self._wanted(p)))
+        del candidates
+        return Listing(self._records(fs, matched), sizes, ignored, tuple(dict.fromkeys(warnings)))
+
+    def _records(self, fs, matched: list[str], page: int = 65_536) -> pa.Table:
+        """The records of the ``matched`` paths, made a page at a time: their URIs and ids as
+        Python strings for one page only (whole lists of them were 200 bytes an input more at
+        the listing's peak; the table holds them in about 90)."""
+        batches = []
+        for start in range(0, len(matched), page):
+            uris = [fs.unstrip_protocol(p) for p in matched[start:start + page]]
+            batches.append(pa.record_batch([pa.array([stable_id(u) for u in uris], pa.string()),
+                                            pa.array(uris, pa.string())], schema=self.schema))
+        return pa.Table.from_batches(batches, schema=self.schema).combine_chunks()
 
     def _candidates(self, fs, path: str, warnings: list[str]) -> dict[str, int | None]:
         """The files ``path`` names; `{a,b}` alternatives, as Spark's (Hadoop's) glob and
@@ -148,8 +158,7 @@ class Files:
 
             return _with_matched_folders(listed, folders, _glob_root(path), listed_in)
         if fs.isdir(path):
-            return {p: info.get("size") for p, info in fs.find(path, detail=True).items()
-                    if not _hidden(p, path) and not _folder_marker(p)}
+            return _store_files(fs, path, lambda p: not _hidden(p, path) and not _folder_marker(p))
         if fs.exists(path):
             return {path: fs.size(path)}
         raise ConfigError(f"input {self.given!r} does not exist")
@@ -160,6 +169,31 @@ class Files:
     def describe(self) -> str:
         exts = f" [{', '.join(self.extensions)}]" if self.extensions else ""
         return f"files {self.url}{exts}"
+
+
+def _store_files(fs, path: str, wanted) -> dict[str, int | None]:
+    """Every object below the folder ``path`` of an object store that ``wanted`` keeps, with its size.
+
+    fsspec's find gathers every object's details (about 1.2 KB each from s3fs) before it
+    returns: 12 GB in the driver at the peak of a 10-million-object listing. On S3 the
+    pages are taken one at a time instead (s3fs's page iterator), keeping only names and
+    sizes; the same requests, one per 1,000 objects. Other stores, and a versioned S3
+    filesystem, go through find."""
+    pages = getattr(fs, "_iterdir", None)
+    if type(fs).__name__ != "S3FileSystem" or pages is None or getattr(fs, "version_aware", False):
+        return {p: info.get("size") for p, info in fs.find(path, detail=True).items() if wanted(p)}
+    from fsspec.asyn import sync
+
+    bucket, key, _ = fs.split_path(path)
+
+    async def collect() -> dict[str, int | None]:
+        found: dict[str, int | None] = {}
+        async for info in pages(bucket, delimiter="", prefix=key.rstrip("/") + "/" if key else ""):
+            if info.get("type") != "directory" and wanted(info["name"]):
+                found[info["name"]] = info.get("size")
+        return found
+
+    return sync(fs.loop, collect)
 
 
 def brace_alternatives(pattern: str) -> list[str]:
