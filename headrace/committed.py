@@ -21,7 +21,7 @@ from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
 
 from headrace.config import parse_ds
 from headrace.lock import STALE_S, holder_gone
-from headrace.storage import known_url, parquet_file
+from headrace.storage import known_url, parquet_file, read_small
 
 MANIFEST = "_SUCCESS"
 READ_THREADS = 8  # files read at once: on a bucket each is a request or a few
@@ -36,20 +36,44 @@ def committed_files(output: str, ds: str | None = None,
     fs.invalidate_cache()
     if ds is not None:
         ds = parse_ds(ds, "ds")
-        manifests = [posixpath.join(root, f"ds={ds}", MANIFEST)]
-        if not fs.exists(manifests[0]):
-            raise FileNotFoundError(f"{output}: ds={ds} is not committed (no {MANIFEST})")
+        manifest = posixpath.join(root, f"ds={ds}", MANIFEST)
+        try:
+            documents = {manifest: read_small(fs, manifest)}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{output}: ds={ds} is not committed (no {MANIFEST})") from None
     else:
-        manifests = sorted(fs.glob(posixpath.join(root, "ds=*", MANIFEST)))
-        if not manifests:
+        documents = _manifests(fs, root)
+        if not documents:
             raise FileNotFoundError(f"{output}: no committed partition (no ds=*/{MANIFEST})")
     files = []
-    for manifest in manifests:
-        document = json.loads(fs.cat_file(manifest))
+    for manifest in sorted(documents):
         folder = posixpath.dirname(manifest)
         date = posixpath.basename(folder).removeprefix("ds=")
-        files += [(date, posixpath.join(folder, entry["path"])) for entry in document["files"]]
+        files += [(date, posixpath.join(folder, entry["path"])) for entry in json.loads(documents[manifest])["files"]]
     return fs, root, files
+
+
+def _manifests(fs, root: str) -> dict[str, bytes]:
+    """Every date's manifest under ``root``, by path: the output's top level listed once,
+    then the manifests fetched 16 at a time (a date without one is not committed). On a bucket, a glob of `ds=*/_SUCCESS` listed each date's folder
+    (a request each, of every file in it) and then read the manifests one after another:
+    two round trips a date, 15 s for a year of dates at 20 ms a request."""
+    try:
+        entries = fs.ls(root, detail=True)
+    except FileNotFoundError:
+        return {}
+    manifests = [posixpath.join(entry["name"].rstrip("/"), MANIFEST) for entry in entries
+                 if entry.get("type") == "directory" and posixpath.basename(entry["name"].rstrip("/")).startswith("ds=")]
+
+    def one(path: str) -> bytes | None:
+        try:
+            return read_small(fs, path)
+        except FileNotFoundError:
+            return None
+
+    with ThreadPoolExecutor(max(1, min(16, len(manifests)))) as pool:
+        found = dict(zip(manifests, pool.map(one, manifests)))
+    return {path: document for path, document in found.items() if document is not None}
 
 
 def dataset(output: str, ds: str | None = None, storage_options: dict | None = None) -> pads.Dataset:
@@ -78,7 +102,7 @@ def partition_status(output: str, ds: str, storage_options: dict | None = None) 
     fs.invalidate_cache()
     manifest = posixpath.join(root, f"ds={ds}", MANIFEST)
     if fs.exists(manifest):
-        m = json.loads(fs.cat_file(manifest))
+        m = json.loads(read_small(fs, manifest))
         counts = m.get("counts", {})
         return True, (
             f"{output} ds={ds} committed by run {m.get('run_id')} of {m.get('pipeline')} "
@@ -87,7 +111,7 @@ def partition_status(output: str, ds: str, storage_options: dict | None = None) 
         )
     failed = posixpath.join(root, "_staging", f"ds={ds}", "_FAILED")
     if fs.exists(failed):
-        reason = json.loads(fs.cat_file(failed)).get("reason", "")
+        reason = json.loads(read_small(fs, failed)).get("reason", "")
         return False, f"{output} ds={ds} is not committed: its last run was refused: {reason}"
     working = _lock_holder(fs, posixpath.join(root, "_staging", f"ds={ds}.lock"))
     return False, f"{output} ds={ds} is not committed" + (f": {working}" if working else "")
@@ -97,7 +121,7 @@ def _lock_holder(fs, path: str) -> str:
     """Who holds the date's lock (headrace.lock), in words: a run working on the date, or
     one whose heartbeat stopped (killed; its retry takes the lock over); empty if none."""
     try:
-        holder = json.loads(fs.cat_file(path))
+        holder = json.loads(read_small(fs, path))
     except (FileNotFoundError, ValueError):
         return ""
     beat = float(holder.get("beat") or 0.0)

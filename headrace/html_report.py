@@ -17,7 +17,7 @@ from typing import Any
 
 import fsspec
 
-from headrace.storage import Storage
+from headrace.storage import Storage, read_small
 
 REPORTS = "_reports"
 HISTORY = 60  # earlier runs shown beside this one
@@ -42,7 +42,7 @@ def rewrite(output: str, ds: str) -> str | None:
     """Make the page of the latest run of ``ds`` again (headrace report); None if there is none."""
     fs, root = fsspec.core.url_to_fs(output)
     fs.invalidate_cache()
-    found = sorted(fs.glob(posixpath.join(root.rstrip("/"), REPORTS, f"ds={ds}", "*.json")))
+    found = _listed(fs, posixpath.join(root.rstrip("/"), REPORTS, f"ds={ds}"), ".json")
     if not found:
         return None
     documents = _readable(fs, found)
@@ -56,9 +56,26 @@ def history(fs, root: str) -> list[dict]:
     """The latest HISTORY report documents, oldest first. Paths sort by date, then by run id
     (which starts with the run's UTC start time), so only those are read."""
     fs.invalidate_cache()
-    documents = _readable(fs, sorted(fs.glob(posixpath.join(root.rstrip("/"), REPORTS, "ds=*", "*.json")))[-HISTORY:])
+    reports = posixpath.join(root.rstrip("/"), REPORTS)
+    paths: list[str] = []
+    for folder in reversed([f for f in _listed(fs, reports) if posixpath.basename(f).startswith("ds=")]):
+        if len(paths) >= HISTORY:  # the latest dates' folders only (a glob listed every date's)
+            break
+        paths = _listed(fs, folder, ".json") + paths
+    documents = _readable(fs, paths[-HISTORY:])
     documents.sort(key=lambda d: (str(d.get("ds")), str(d.get("started_at") or d.get("ended_at") or "")))
     return documents[-HISTORY:]
+
+
+def _listed(fs, folder: str, suffix: str = "") -> list[str]:
+    """The paths in ``folder`` (none where it does not exist), sorted; those ending in
+    ``suffix`` where given. Listed, not globbed: an output's own name may hold glob
+    characters (`out[1]`), which a glob read as a pattern and so found no report."""
+    try:
+        names = fs.ls(folder, detail=False)
+    except FileNotFoundError:
+        return []
+    return sorted(name.rstrip("/") for name in names if name.rstrip("/").endswith(suffix))
 
 
 def _readable(fs, paths: list[str]) -> list[dict]:
@@ -67,7 +84,7 @@ def _readable(fs, paths: list[str]) -> list[dict]:
     documents = []
     for path in paths:
         try:
-            document = json.loads(fs.cat_file(path))
+            document = json.loads(read_small(fs, path))
         except (OSError, ValueError):
             continue
         if isinstance(document, dict):

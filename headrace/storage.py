@@ -133,6 +133,19 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in protocols or getattr(fs, "local_file", False)
 
 
+def read_small(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    """A small file's bytes (a manifest, a progress file, a lock) in one request. Asked
+    for a whole object, s3fs first asks its size (a HEAD) so as to fetch a large one in
+    parallel: two round trips for every manifest read. A range from byte 0 is one GET. An
+    empty object refuses every range (416), so a refused range is read plainly."""
+    try:
+        return fs.cat_file(path, start=0)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except OSError:
+        return fs.cat_file(path)
+
+
 def parquet_file(data: bytes) -> pq.ParquetFile:
     """A Parquet file from its bytes, copied first into memory Arrow owns (see parquet_table)."""
     sink = pa.BufferOutputStream()
@@ -242,7 +255,7 @@ class Storage:
         return self.retry(f"read the schema of {path}", read)
 
     def read_json(self, path: str) -> Any:
-        return json.loads(self.retry(f"read {path}", lambda: self.fs.cat_file(path)))
+        return json.loads(self.retry(f"read {path}", lambda: read_small(self.fs, path)))
 
     def create_only(self, path: str, data: bytes) -> None:
         """Write ``path`` only if it does not exist (O_EXCL, S3 If-None-Match, GCS
@@ -250,7 +263,7 @@ class Storage:
         self.retry(f"create {path}", lambda: self.fs.pipe_file(path, data, mode="create"))
 
     def read_bytes(self, path: str) -> bytes:
-        return self.retry(f"read {path}", lambda: self.fs.cat_file(path))
+        return self.retry(f"read {path}", lambda: read_small(self.fs, path))
 
     def write_bytes(self, path: str, data: bytes) -> None:
         """Write ``data`` to ``path`` atomically (whole or not at all)."""
@@ -261,16 +274,6 @@ class Storage:
         if self.local:
             self.makedirs(posixpath.dirname(target))
         self.retry(f"copy {source} -> {target}", lambda: self.fs.cp_file(source, target))
-
-    def glob(self, pattern: str) -> list[str]:
-        def listing() -> list[str]:
-            self.fs.invalidate_cache()  # as in listdir
-            try:
-                return sorted(self.fs.glob(pattern))
-            finally:
-                self.fs.invalidate_cache()
-
-        return self.retry(f"list {pattern}", listing)
 
     def rename(self, source: str, target: str) -> None:
         if not self.local:  # no rename on object stores (and no moveTo on the GCS emulator)

@@ -29,7 +29,9 @@ def chromium(url, *flags):
 
 
 def test_every_run_writes_a_self_contained_page_that_renders_with_no_console_errors(tmp_path):
-    output = tmp_path / "out"
+    # Glob characters in the output's name: the reports were found by a glob of it, which
+    # took `[1]` as a pattern (`headrace report`: "no run report"; no earlier runs shown).
+    output = tmp_path / "out[1]"
     for index, text in enumerate(["a b c d", "explode"]):
         write(str(tmp_path / "in" / "2026-11-02"), f"doc-{index}.txt", text.encode())
     # A refused run gets its page too; it is the earlier run the second page shows beside its own.
@@ -37,13 +39,14 @@ def test_every_run_writes_a_self_contained_page_that_renders_with_no_console_err
                   f"input={tmp_path / 'in' / '2026-11-02'}", "--conf", f"output={output}",
                   "--conf", "headrace.progress=false", "--conf", "headrace.max_quarantine_fraction=0.1")
     assert refused.returncode == 3
-    assert len(list((output / "_reports" / "ds=2026-11-03").glob("*.html"))) == 1
+    refused_pages = os.listdir(output / "_reports" / "ds=2026-11-03")
+    assert len([name for name in refused_pages if name.endswith(".html")]) == 1
     result = cli("submit", WORD_COUNT, "--master", "local[1]", "--ds", "2026-11-02", "--conf",
                  f"input={tmp_path / 'in' / '2026-11-02'}", "--conf", f"output={output}", "--conf", "headrace.progress=false")
     assert result.returncode == 0, result.stderr[-2000:]
 
     folder = output / "_reports" / "ds=2026-11-02"
-    pages = list(folder.glob("*.html"))
+    pages = [folder / name for name in os.listdir(folder) if name.endswith(".html")]
     assert len(pages) == 1
     manifest = json.loads((output / "ds=2026-11-02" / "_SUCCESS").read_text())
     assert pages[0].name == f"{manifest['run_id']}.html" and f"report       {pages[0]}" in result.stdout
@@ -51,6 +54,8 @@ def test_every_run_writes_a_self_contained_page_that_renders_with_no_console_err
     # plotly's script is in the page: no script or stylesheet is fetched from anywhere
     assert not re.search(r"<(script|link)\b[^>]*\b(src|href)=[\"']?(https?:)?//", page), "an external resource"
     assert "Plotly" in page and len(page) > 1_000_000
+    refused_run = next(name for name in refused_pages if name.endswith(".html")).removesuffix(".html")
+    assert f"2026-11-03 {refused_run[-6:]}" in page  # the earlier run, beside this one
 
     # The page again, on request.
     again = cli("report", str(output), "--ds", "2026-11-02")

@@ -89,11 +89,16 @@ def test_columns_are_read_by_name_and_a_column_some_dates_lack_is_null_there(tmp
         fs.pipe_file(f"{root}/ds={day}/_SUCCESS", json.dumps({"files": [{"path": "part-0.parquet"}]}).encode())
 
     memory = fsspec.filesystem("memory")
-    # On a disk (Arrow's reader) and on any other store (bytes fetched and parsed).
-    for fs, root, out in ((fsspec.filesystem("file"), str(tmp_path / "out"), str(tmp_path / "out")),
-                          (memory, "/reading-out", "memory://reading-out")):
+    # On a disk (Arrow's reader) and on any other store (bytes fetched and parsed). Glob
+    # characters in the output's name: the dates were found by a glob of it, which took
+    # `[1]` as a pattern ("no committed partition").
+    for fs, root, out in ((fsspec.filesystem("file"), str(tmp_path / "out[1]"), str(tmp_path / "out[1]")),
+                          (memory, "/reading-out[1]", "memory://reading-out[1]")):
         partition(fs, root, "2026-10-20", pa.table({"text": ["a", "b"]}))
         partition(fs, root, "2026-10-21", pa.table({"text": ["c"], "n": [7]}))
+        # A date a run was publishing when it was killed (on a bucket: copied, no manifest yet).
+        partition(fs, root, "2026-10-22", pa.table({"text": ["not committed"]}))
+        fs.rm_file(f"{root}/ds=2026-10-22/_SUCCESS")
 
         both = headrace.read(out, columns=["text", "n", "ds"])
         assert both.column_names == ["text", "n", "ds"]
