@@ -457,9 +457,9 @@ def _reader_settings(output, conf_pairs, properties_file) -> None:
     or ``--conf``, besides the libraries' own environment. An output no run could have
     written (an unknown protocol, an empty one) is exit 2: a sensor's typo is not "not
     committed yet", on which a sensor waits for ever."""
-    from headrace.storage import known_url
+    from headrace.storage import output_url
 
-    known_url(output, "output")
+    output_url(output)
     engine = conf_mod.resolve_engine(properties_file=properties_file, conf=conf_mod.parse_pairs(list(conf_pairs)))
     conf_mod.use_storage_options(engine.storage_options)
 

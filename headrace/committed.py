@@ -21,7 +21,7 @@ from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
 
 from headrace.config import parse_ds
 from headrace.lock import STALE_S, holder_gone
-from headrace.storage import known_url, parquet_file, read_small
+from headrace.storage import output_url, parquet_file, read_small
 
 MANIFEST = "_SUCCESS"
 READ_THREADS = 8  # files read at once: on a bucket each is a request or a few
@@ -31,7 +31,7 @@ def committed_files(output: str, ds: str | None = None,
                     storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str, list[tuple[str, str]]]:
     """The filesystem, the output's root on it, and (date, path) of every committed
     Parquet file of one date (``ds``) or of every date, as the manifests list them."""
-    fs, root = fsspec.core.url_to_fs(known_url(output, "output"), **(storage_options or {}))
+    fs, root = fsspec.core.url_to_fs(output_url(output), **(storage_options or {}))
     root = root.rstrip("/")
     fs.invalidate_cache()
     if ds is not None:
@@ -97,7 +97,7 @@ def _plain_local(fs: fsspec.AbstractFileSystem) -> bool:
 
 def partition_status(output: str, ds: str, storage_options: dict | None = None) -> tuple[bool, str]:
     """(whether ``ds`` is committed, one line saying so): what a sensor needs."""
-    fs, root = fsspec.core.url_to_fs(known_url(output, "output"), **(storage_options or {}))
+    fs, root = fsspec.core.url_to_fs(output_url(output), **(storage_options or {}))
     root = root.rstrip("/")
     fs.invalidate_cache()
     manifest = posixpath.join(root, f"ds={ds}", MANIFEST)

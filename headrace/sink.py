@@ -9,7 +9,7 @@ import fsspec
 import pyarrow as pa
 
 from headrace.errors import ConfigError, PipelineError
-from headrace.storage import Storage, check_writable, known_url
+from headrace.storage import Storage, check_writable, output_url
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -46,7 +46,7 @@ class ParquetSink:
     unique_names = False  # whether published files carry the run id even on a local disk
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "url", known_url(self.url, "output"))
+        object.__setattr__(self, "url", output_url(self.url))
         if self.rows_per_file < 1:
             raise PipelineError("rows_per_file must be at least 1")
 

@@ -57,6 +57,21 @@ def known_url(url: str, what: str = "path") -> str:
     return url
 
 
+def output_url(url: str) -> str:
+    """known_url for an output, which on an object store may not hold glob characters (`*`,
+    `?`, `[`): fsspec reads them as a pattern in a path it removes, copies or lists
+    recursively, so a run on `s3://lake/exp[1]/emb` committed, left its staging area and
+    its lock behind (their removal matched nothing), and every later run of the date was
+    turned away by that lock. AWS lists `[` and `]` among the characters to avoid in keys.
+    On a local disk they work (headrace uses the operating system's calls there)."""
+    url = known_url(url, "output")
+    protocol, path = fsspec.core.split_protocol(url)
+    if protocol not in (None, "file", "local") and any(ch in path for ch in "*?["):
+        raise ConfigError(f"output {url!r}: glob characters (*, ?, [) cannot be part of an output "
+                          f"on {protocol}:// (fsspec reads them as a pattern): rename it")
+    return url
+
+
 def sync_folder(path: str) -> None:
     """fsync a local folder, so that the names made or removed in it last through a power
     loss or a host crash. A file is fsynced before it is named (Storage writes), and the

@@ -294,6 +294,22 @@ def test_status_is_a_sensor_for_a_committed_date(tmp_path, docs):
         assert "output is empty" in unset.stderr and "Protocol not known: s4" in typo.stderr
 
 
+def test_glob_characters_in_an_output_on_a_bucket_are_exit_2_before_anything_runs(tmp_path, docs):
+    """fsspec reads `*`, `?` and `[` in a path it removes or lists recursively as a pattern:
+    before, a run on `s3://lake/exp[1]/emb` committed but left its staging area and its lock
+    behind (their removal matched nothing), and every later run of the date was turned away
+    (`could not take the run lock`). On a local disk such names work, and still do."""
+    output = "s3://lake/exp[1]/emb"
+    run = cli("submit", WORD_COUNT, "--ds", "2026-11-06", "--conf", f"input={docs}", "--conf", f"output={output}")
+    status = cli("status", output, "--ds", "2026-11-06")
+    assert (run.returncode, status.returncode) == (2, 2), (run.stderr, status.stderr)
+    assert "glob characters (*, ?, [) cannot be part of an output on s3://" in run.stderr
+    assert "starting" not in run.stdout + run.stderr  # refused before Ray starts
+    local = cli("submit", WORD_COUNT, "--dry-run", "--ds", "2026-11-06", "--conf", f"input={docs}",
+                "--conf", f"output={tmp_path / 'exp[1]'}")
+    assert local.returncode == 0, local.stderr
+
+
 def test_a_run_whose_home_folder_cannot_be_written_runs(tmp_path, docs):
     """A container with a read-only root filesystem, a service user whose home is `/`: Ray
     saves a new local cluster's token in ~/.ray, and the run failed with `PermissionError:
