@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from headrace.errors import ConservationError, QualityGateError
 from headrace.staging import FAILED, MANIFEST, RUN, StagedPart, StagingArea
-from headrace.storage import sync_folder
+from headrace.storage import at_once, sync_folder
 
 EMPTY_PART = "part-00000.parquet"
 
@@ -175,12 +175,13 @@ def publish(area: StagingArea, manifest: dict, run: dict, partition: str, quaran
 
 
 def copy_staged(area: StagingArea, partition: str, quarantine: str, files: Layout) -> None:
-    """Copy the staged files to their published names (server-side on object stores)."""
+    """Copy the staged files to their published names (server-side on object stores),
+    STORE_REQUESTS at a time: one after another, a run of 5,000 files (100 M rows at
+    rows_per_file) spent minutes here, while globbing readers saw two runs' files."""
     storage = area.storage
-    for name in files.quarantine_files:
-        storage.copy(files.sources["_quarantine/" + name], posixpath.join(quarantine, name))
-    for entry in files.files:
-        storage.copy(files.sources[entry["path"]], posixpath.join(partition, entry["path"]))
+    pairs = [(files.sources["_quarantine/" + name], posixpath.join(quarantine, name)) for name in files.quarantine_files]
+    pairs += [(files.sources[entry["path"]], posixpath.join(partition, entry["path"])) for entry in files.files]
+    at_once(lambda pair: storage.copy(*pair), pairs)
 
 
 def _publish_by_copy(area: StagingArea, manifest: dict, partition: str, quarantine: str, files: Layout) -> None:
@@ -198,10 +199,9 @@ def _publish_by_copy(area: StagingArea, manifest: dict, partition: str, quaranti
 
 
 def sweep(storage, folder: str, keep: set[str]) -> None:
-    """Delete the files of ``folder`` whose names are not in ``keep``."""
-    for name in storage.listdir(folder):
-        if name not in keep:
-            storage.remove(posixpath.join(folder, name), recursive=True, missing_ok=True)
+    """Delete the files of ``folder`` whose names are not in ``keep`` (STORE_REQUESTS at a time)."""
+    gone = [posixpath.join(folder, name) for name in storage.listdir(folder) if name not in keep]
+    at_once(lambda path: storage.remove(path, recursive=True, missing_ok=True), gone)
 
 
 _RENAME_EXCHANGE = 2

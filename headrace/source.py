@@ -193,7 +193,10 @@ def _store_files(fs, path: str, wanted) -> dict[str, int | None]:
                 found[info["name"]] = info.get("size")
         return found
 
-    return sync(fs.loop, collect)
+    try:
+        return sync(fs.loop, collect)
+    except TypeError:  # the page iterator is s3fs's own: should its signature change, list as before
+        return {p: info.get("size") for p, info in fs.find(path, detail=True).items() if wanted(p)}
 
 
 def brace_alternatives(pattern: str) -> list[str]:

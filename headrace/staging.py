@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from headrace.envelope import FULL_WEIGHT
 from headrace.fingerprint import software_changed, what_changed
-from headrace.storage import Storage
+from headrace.storage import Storage, at_once
 
 MANIFEST = "_SUCCESS"
 FAILED = "_FAILED"
@@ -158,16 +158,15 @@ def prepare(area: StagingArea, fingerprint: dict, run_id: str, resume: bool = Tr
 def _staged_parts(area: StagingArea) -> list[StagedPart]:
     """The parts with a progress file; files that have none (a task killed half-way) are removed."""
     storage = area.storage
-    parts = []
-    for name in storage.listdir(area.path("progress")):
-        if name.endswith(".json") and not name.startswith("."):
-            parts.append(StagedPart.from_document(storage.read_json(area.path("progress", name))))
+    names = [name for name in storage.listdir(area.path("progress")) if name.endswith(".json") and not name.startswith(".")]
+    # Read STORE_REQUESTS at a time: a bucket's round trip each, for every write task of the run.
+    parts = [StagedPart.from_document(document)
+             for document in at_once(lambda name: storage.read_json(area.path("progress", name)), names)]
     known = {"data": {p.file for p in parts}, "progress": {p.progress for p in parts}}
     known["quarantine"] = known["data"]
-    for sub, names in known.items():
-        for name in storage.listdir(area.path(sub)):
-            if name not in names:
-                storage.remove(area.path(sub, name), recursive=True)
+    for sub, keep in known.items():
+        unclaimed = [area.path(sub, name) for name in storage.listdir(area.path(sub)) if name not in keep]
+        at_once(lambda path: storage.remove(path, recursive=True), unclaimed)
     return parts
 
 

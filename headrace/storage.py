@@ -20,6 +20,7 @@ import posixpath
 import stat
 import tempfile
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 import fsspec
@@ -70,6 +71,21 @@ def output_url(url: str) -> str:
         raise ConfigError(f"output {url!r}: glob characters (*, ?, [) cannot be part of an output "
                           f"on {protocol}:// (fsspec reads them as a pattern): rename it")
     return url
+
+
+STORE_REQUESTS = 16  # requests to a store at once where the driver has many files to copy, remove or read
+
+
+def at_once(work: Callable[[T], Any], items: list[T], threads: int = STORE_REQUESTS) -> list[Any]:
+    """``work`` on every item, ``threads`` at a time, results in order; the first error is
+    raised once all have ended (none is left running behind the caller). One after another,
+    a store's round trips (tens of ms each, a server-side copy of a large file longer) add up
+    to minutes for the thousands of files of a large run."""
+    if len(items) <= 1 or threads <= 1:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(min(threads, len(items))) as pool:
+        futures = [pool.submit(work, item) for item in items]
+    return [future.result() for future in futures]
 
 
 def sync_folder(path: str) -> None:
