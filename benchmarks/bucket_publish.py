@@ -33,8 +33,8 @@ sys.path[:0] = [ROOT, HERE, os.path.join(ROOT, "tests")]
 
 from doc_embeddings import machine, publish  # noqa: E402
 from fixtures.flaky_s3_proxy import FlakyS3Proxy  # noqa: E402
-from listing_memory import revision  # noqa: E402
 from object_store import start_moto  # noqa: E402
+from revisions import add_baseline_argument, code_roots, command_line  # noqa: E402
 
 PIPELINE = '''
 import pyarrow as pa
@@ -63,23 +63,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=400)
     parser.add_argument("--latency-ms", type=float, default=20.0)
-    parser.add_argument("--baseline-rev", help="an earlier git revision to measure beside this checkout")
+    add_baseline_argument(parser)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     import fsspec
 
     scratch = tempfile.mkdtemp(prefix="headrace-bucket-publish-")
-    codes = {"this checkout": ROOT}
     server, endpoint = start_moto()
     env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
            "AWS_DEFAULT_REGION": "us-east-1", "RAY_USAGE_STATS_ENABLED": "0"}
     os.environ.update(env)
     rows = []
     try:
-        if args.baseline_rev:
-            label = subprocess.run(["git", "rev-parse", "--short", args.baseline_rev], cwd=ROOT, capture_output=True,
-                                   text=True, check=True).stdout.strip()
-            codes[f"revision {label}"] = revision(args.baseline_rev, tempfile.mkdtemp(dir=scratch))
+        codes = code_roots(args.baseline_rev, scratch)
         docs = os.path.join(scratch, "docs")
         os.makedirs(docs)
         for index in range(args.files):
@@ -112,9 +108,7 @@ def main() -> None:
     finally:
         server.terminate()
         shutil.rmtree(scratch, ignore_errors=True)
-    command = "python benchmarks/bucket_publish.py" + (f" --files {args.files}" if args.files != 400 else "") + \
-        (f" --latency-ms {args.latency_ms:g}" if args.latency_ms != 20.0 else "") + \
-        (f" --baseline-rev {args.baseline_rev}" if args.baseline_rev else "")
+    command = command_line("bucket_publish.py", parser, args)
     lines = [
         f"### Publishing {args.files:,} files to S3 (moto behind a {args.latency_ms:g} ms proxy) — {dt.date.today().isoformat()}",
         "",

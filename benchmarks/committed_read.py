@@ -32,8 +32,8 @@ sys.path[:0] = [ROOT, HERE, os.path.join(ROOT, "tests")]
 
 from doc_embeddings import machine, publish  # noqa: E402
 from fixtures.flaky_s3_proxy import FlakyS3Proxy  # noqa: E402
-from listing_memory import revision  # noqa: E402
 from object_store import start_moto  # noqa: E402
+from revisions import add_baseline_argument, code_roots, command_line  # noqa: E402
 
 MEASURE = r"""
 import json, sys, time
@@ -53,14 +53,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dates", type=int, default=365)
     parser.add_argument("--latency-ms", type=float, default=20.0)
-    parser.add_argument("--baseline-rev", help="an earlier git revision to measure beside this checkout")
+    add_baseline_argument(parser)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     import fsspec
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    codes = {"this checkout": ROOT}
     scratch = tempfile.mkdtemp(prefix="headrace-committed-read-")
     server, endpoint = start_moto()
     env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
@@ -68,10 +67,7 @@ def main() -> None:
     os.environ.update(env)
     rows = []
     try:
-        if args.baseline_rev:
-            label = subprocess.run(["git", "rev-parse", "--short", args.baseline_rev], cwd=ROOT, capture_output=True,
-                                   text=True, check=True).stdout.strip()
-            codes[f"revision {label}"] = revision(args.baseline_rev, tempfile.mkdtemp(dir=scratch))
+        codes = code_roots(args.baseline_rev, scratch)
         fs = fsspec.filesystem("s3", skip_instance_cache=True)
         fs.mkdir("bench-read")
         sink = io.BytesIO()
@@ -99,9 +95,7 @@ def main() -> None:
     finally:
         server.terminate()
         shutil.rmtree(scratch, ignore_errors=True)
-    command = "python benchmarks/committed_read.py" + (f" --dates {args.dates}" if args.dates != 365 else "") + \
-        (f" --latency-ms {args.latency_ms:g}" if args.latency_ms != 20.0 else "") + \
-        (f" --baseline-rev {args.baseline_rev}" if args.baseline_rev else "")
+    command = command_line("committed_read.py", parser, args)
     lines = [
         f"### Reading every committed date of an output on S3 (moto behind a {args.latency_ms:g} ms proxy) — "
         f"{dt.date.today().isoformat()}",

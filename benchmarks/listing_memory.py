@@ -31,6 +31,7 @@ sys.path[:0] = [ROOT, HERE]
 
 from doc_embeddings import machine, publish  # noqa: E402
 from object_store import start_moto  # noqa: E402
+from revisions import add_baseline_argument, code_roots, command_line  # noqa: E402
 
 MEASURE = r"""
 import gc, json, sys, time, tracemalloc
@@ -60,13 +61,6 @@ def measure(code_root: str, url: str, warm_url: str, env: dict) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def revision(rev: str, into: str) -> str:
-    """``rev``'s headrace package, unpacked under ``into``; returns the folder to import it from."""
-    archive = subprocess.run(["git", "archive", rev, "headrace"], cwd=ROOT, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
-    return into
-
-
 def local_tree(root: str, count: int) -> None:
     per = -(-count // 300)
     for index in range(count):
@@ -80,19 +74,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--local", type=int, default=300_000, help="files on a local disk (0: none)")
     parser.add_argument("--s3", type=int, default=10_000, help="objects on S3 (moto; 0: none)")
-    parser.add_argument("--baseline-rev", help="an earlier git revision to measure beside this checkout")
+    add_baseline_argument(parser)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
-    codes = {"this checkout": ROOT}
     scratch = tempfile.mkdtemp(prefix="headrace-listing-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     env = dict(os.environ)
     rows = []
     server = None
     try:
-        if args.baseline_rev:
-            label = subprocess.run(["git", "rev-parse", "--short", args.baseline_rev], cwd=ROOT, capture_output=True,
-                                   text=True, check=True).stdout.strip()
-            codes[f"revision {label}"] = revision(args.baseline_rev, tempfile.mkdtemp(dir=scratch))
+        codes = code_roots(args.baseline_rev, scratch)
         stores = []
         if args.local:
             local_tree(os.path.join(scratch, "input"), args.local)
@@ -123,8 +113,7 @@ def main() -> None:
         if server is not None:
             server.terminate()
         shutil.rmtree(scratch, ignore_errors=True)
-    command = "python benchmarks/listing_memory.py" + (f" --local {args.local}" if args.local != 300_000 else "") + \
-        (f" --s3 {args.s3}" if args.s3 != 10_000 else "") + (f" --baseline-rev {args.baseline_rev}" if args.baseline_rev else "")
+    command = command_line("listing_memory.py", parser, args)
     lines = [
         f"### Driver memory of an input's listing — {dt.date.today().isoformat()}",
         "",

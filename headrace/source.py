@@ -87,7 +87,7 @@ class Files:
         finally:
             # s3fs's and gcsfs's find keep every object's details in the filesystem's listing
             # cache, which lives as long as the process: 1.2 KB an S3 object (1 GiB a million)
-            # held by the driver for the whole run, beside the listing's Arrow table (60 bytes).
+            # held by the driver for the whole run, beside the listing's Arrow table (70-90 bytes).
             fs.invalidate_cache()
         _refuse_names_not_utf8(candidates, self.given)
         output = 0
