@@ -17,7 +17,7 @@ from typing import Any
 
 import fsspec
 
-from headrace.storage import Storage, read_small
+from headrace.storage import Storage, at_once, read_small
 
 REPORTS = "_reports"
 HISTORY = 60  # earlier runs shown beside this one
@@ -81,15 +81,15 @@ def _listed(fs, folder: str, suffix: str = "") -> list[str]:
 def _readable(fs, paths: list[str]) -> list[dict]:
     """The report documents among ``paths`` that can be read: one cut short by an older
     version's write into a full disk (or a file someone put there) is passed over."""
-    documents = []
-    for path in paths:
+    def one(path: str) -> dict | None:
         try:
             document = json.loads(read_small(fs, path))
         except (OSError, ValueError):
-            continue
-        if isinstance(document, dict):
-            documents.append(document)
-    return documents
+            return None
+        return document if isinstance(document, dict) else None
+
+    # STORE_REQUESTS at a time: the HISTORY reports a run's page shows are read at its end.
+    return [document for document in at_once(one, paths) if document is not None]
 
 
 def _local(fs) -> bool:
