@@ -175,7 +175,7 @@ def _store_files(fs, path: str, wanted) -> dict[str, int | None]:
     """Every object below the folder ``path`` of an object store that ``wanted`` keeps, with its size.
 
     fsspec's find gathers every object's details (about 1.2 KB each from s3fs) before it
-    returns: 12 GB in the driver at the peak of a 10-million-object listing. On S3 the
+    returns: 15 GB in the driver at the peak of a 10-million-object listing. On S3 the
     pages are taken one at a time instead (s3fs's page iterator), keeping only names and
     sizes; the same requests, one per 1,000 objects. Other stores, and a versioned S3
     filesystem, go through find."""
