@@ -5,8 +5,8 @@ against the same listing by an earlier revision of headrace.
 
 A run lists its input in the driver before any work starts (``Files.listing``), and
 keeps the listing's Arrow table (about 60 bytes an input) for the run. This puts --local
-empty files in 300 folders (under /dev/shm where there is one) and --s3 objects in a bucket
-of a local S3 server (moto), then lists each in a fresh Python process: wall time, the peak
+empty files in 300 folders (under /dev/shm where there is one), --s3 objects in a bucket
+of a local S3 server (moto) and --gcs in one of the GCS emulator, then lists each in a fresh Python process: wall time, the peak
 of Python's allocations during a second listing, and what stays allocated after it (with the
 listing's table kept, as a run keeps it: the table itself is Arrow memory, not counted
 here). Each is measured with this checkout's code and, with --baseline-rev, with that
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -61,6 +62,30 @@ def measure(code_root: str, url: str, warm_url: str, env: dict) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+class start_gcs_emulator:
+    """gcp-storage-emulator in memory on a free local port."""
+
+    def __init__(self) -> None:
+        import socket
+        import time
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        command = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
+        self.process = subprocess.Popen([command, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        self.process.kill()
+        sys.exit("gcp-storage-emulator did not start")
+
+
 def local_tree(root: str, count: int) -> None:
     per = -(-count // 300)
     for index in range(count):
@@ -74,13 +99,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--local", type=int, default=300_000, help="files on a local disk (0: none)")
     parser.add_argument("--s3", type=int, default=10_000, help="objects on S3 (moto; 0: none)")
+    parser.add_argument("--gcs", type=int, default=0, help="objects on GCS (gcp-storage-emulator, about 0.1 s an upload; 0: none)")
     add_baseline_argument(parser)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     scratch = tempfile.mkdtemp(prefix="headrace-listing-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     env = dict(os.environ)
     rows = []
-    server = None
+    server = emulator = None
     try:
         codes = code_roots(args.baseline_rev, scratch)
         stores = []
@@ -103,6 +129,20 @@ def main() -> None:
             with ThreadPoolExecutor(16) as pool:
                 list(pool.map(lambda name: fs.pipe_file(name, b""), names))
             stores.append(("S3 (moto)", args.s3, "s3://bench-listing/input", "s3://bench-listing/warm"))
+        if args.gcs:
+            import fsspec
+
+            emulator = start_gcs_emulator()
+            # Uploads through gcsfs's default (extended) filesystem: 30 ms each against the
+            # emulator, where the plain one takes a second; the listings as the tests run them.
+            os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
+            env.update({"STORAGE_EMULATOR_HOST": emulator.url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"})
+            logging.getLogger("gcsfs").setLevel(logging.ERROR)  # "could not determine bucket type", per upload
+            gcs = fsspec.filesystem("gs", skip_instance_cache=True)
+            gcs.mkdir("bench-listing")
+            gcs.pipe({f"bench-listing/input/d{i % 300:03d}/doc-{i:08d}.txt": b"" for i in range(args.gcs)}
+                     | {f"bench-listing/warm/doc-{i}.txt": b"" for i in range(10)})
+            stores.append(("GCS (emulator)", args.gcs, "gs://bench-listing/input", "gs://bench-listing/warm"))
         for store, count, url, warm in stores:
             for code, code_root in codes.items():
                 got = measure(code_root, url, warm, env)
@@ -112,6 +152,8 @@ def main() -> None:
     finally:
         if server is not None:
             server.terminate()
+        if emulator is not None:
+            emulator.process.terminate()
         shutil.rmtree(scratch, ignore_errors=True)
     command = command_line("listing_memory.py", parser, args)
     lines = [

@@ -240,3 +240,23 @@ def test_a_bucket_listing_leaves_no_copy_of_the_objects_details_in_the_driver(re
     assert not fsspec.filesystem(protocol).dircache  # the instance every listing of the process shares
     if protocol == "s3":  # enough objects to tell their details from the clients' own few KB
         assert held < count * 100, f"{held / count:.0f} bytes per object held after the listing"
+
+
+def test_a_gcs_folder_is_listed_with_every_object_and_its_size(gcs_server):
+    """A GCS folder is listed by the store's own paged listing call (gcsfs's find gathers every
+    object's details first, and stops at 10,000,000 objects without a word: its listing's
+    default ``max_results``). The emulator answers in one page whatever the page size asked
+    (it ignores ``maxResults`` and ``fields``), so this checks what the listing finds, not
+    its paging: each object with its size, none of a longer prefix, hidden names and folder
+    markers left out."""
+    from conftest import bucket
+
+    fs = bucket("gs", "hr-listing-pages")
+    names = [f"crawl/d{i % 3}/doc-{i:02d}.txt" for i in range(11)]
+    fs.pipe({f"hr-listing-pages/{name}": b"x" * i for i, name in enumerate(names)}
+            | {"hr-listing-pages/crawl/_hidden/a.txt": b"h", "hr-listing-pages/crawl/d9/": b"",
+               "hr-listing-pages/crawl-old/b.txt": b"b"})
+    listing = Files("gs://hr-listing-pages/crawl", extensions=(".txt",)).listing()
+    found = dict(zip(listing.records.column("source").to_pylist(), listing.sizes.to_pylist()))
+    assert found == {f"gs://hr-listing-pages/{name}": i for i, name in enumerate(names)}
+    assert listing.ignored == ()
