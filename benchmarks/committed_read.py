@@ -32,7 +32,7 @@ sys.path[:0] = [ROOT, HERE, os.path.join(ROOT, "tests")]
 
 from doc_embeddings import machine, publish  # noqa: E402
 from fixtures.flaky_s3_proxy import FlakyS3Proxy  # noqa: E402
-from object_store import start_moto  # noqa: E402
+from object_store import moto_environment, start_moto  # noqa: E402
 from revisions import add_baseline_argument, code_roots, command_line  # noqa: E402
 
 MEASURE = r"""
@@ -62,8 +62,7 @@ def main() -> None:
 
     scratch = tempfile.mkdtemp(prefix="headrace-committed-read-")
     server, endpoint = start_moto()
-    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {**os.environ, **moto_environment(endpoint)}
     os.environ.update(env)
     rows = []
     try:

@@ -31,7 +31,7 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, HERE]
 
 from doc_embeddings import machine, publish  # noqa: E402
-from object_store import start_moto  # noqa: E402
+from object_store import moto_environment, start_moto  # noqa: E402
 from revisions import add_baseline_argument, code_roots, command_line  # noqa: E402
 
 MEASURE = r"""
@@ -119,8 +119,7 @@ def main() -> None:
             from concurrent.futures import ThreadPoolExecutor
 
             server, endpoint = start_moto()
-            env.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                        "AWS_DEFAULT_REGION": "us-east-1"})
+            env.update(moto_environment(endpoint))
             os.environ.update(env)
             fs = fsspec.filesystem("s3", skip_instance_cache=True)
             fs.mkdir("bench-listing")

@@ -43,6 +43,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def moto_environment(endpoint: str) -> dict[str, str]:
+    """The environment that points s3fs (and every subprocess) at the moto server at ``endpoint``."""
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1"}
+
+
 def start_moto() -> tuple[subprocess.Popen, str]:
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -82,8 +88,7 @@ def main() -> None:
     args = parser.parse_args()
 
     server, endpoint = start_moto()
-    aws = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    aws = moto_environment(endpoint)
     os.environ.update(aws)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     import fsspec

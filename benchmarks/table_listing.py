@@ -27,7 +27,7 @@ sys.path[:0] = [ROOT, HERE, os.path.join(ROOT, "tests")]
 
 from doc_embeddings import machine, publish  # noqa: E402
 from fixtures.flaky_s3_proxy import FlakyS3Proxy  # noqa: E402
-from object_store import start_moto  # noqa: E402
+from object_store import moto_environment, start_moto  # noqa: E402
 
 
 def main() -> None:
@@ -43,8 +43,7 @@ def main() -> None:
     from headrace.tables import Tables
 
     server, endpoint = start_moto()
-    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                       "AWS_DEFAULT_REGION": "us-east-1"})
+    os.environ.update(moto_environment(endpoint))
     try:
         fs = fsspec.filesystem("s3", skip_instance_cache=True)
         fs.mkdir("bench-tables")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import posixpath
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import fsspec
@@ -37,10 +36,9 @@ def committed_files(output: str, ds: str | None = None,
     if ds is not None:
         ds = parse_ds(ds, "ds")
         manifest = posixpath.join(root, f"ds={ds}", MANIFEST)
-        try:
-            documents = {manifest: read_small(fs, manifest)}
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{output}: ds={ds} is not committed (no {MANIFEST})") from None
+        documents = {manifest: _document(fs, manifest)}
+        if documents[manifest] is None:
+            raise FileNotFoundError(f"{output}: ds={ds} is not committed (no {MANIFEST})")
     else:
         documents = _manifests(fs, root)
         if not documents:
@@ -49,11 +47,11 @@ def committed_files(output: str, ds: str | None = None,
     for manifest in sorted(documents):
         folder = posixpath.dirname(manifest)
         date = posixpath.basename(folder).removeprefix("ds=")
-        files += [(date, posixpath.join(folder, entry["path"])) for entry in json.loads(documents[manifest])["files"]]
+        files += [(date, posixpath.join(folder, entry["path"])) for entry in documents[manifest]["files"]]
     return fs, root, files
 
 
-def _manifests(fs, root: str) -> dict[str, bytes]:
+def _manifests(fs, root: str) -> dict[str, dict]:
     """Every date's manifest under ``root``, by path: the output's top level listed once,
     then the manifests fetched STORE_REQUESTS at a time (a date without one is not
     committed). On a bucket, a glob of `ds=*/_SUCCESS` listed each date's folder and then
@@ -65,14 +63,7 @@ def _manifests(fs, root: str) -> dict[str, bytes]:
         return {}
     manifests = [posixpath.join(entry["name"].rstrip("/"), MANIFEST) for entry in entries
                  if entry.get("type") == "directory" and posixpath.basename(entry["name"].rstrip("/")).startswith("ds=")]
-
-    def one(path: str) -> bytes | None:
-        try:
-            return read_small(fs, path)
-        except FileNotFoundError:
-            return None
-
-    found = dict(zip(manifests, at_once(one, manifests)))
+    found = dict(zip(manifests, at_once(lambda path: _document(fs, path), manifests)))
     return {path: document for path, document in found.items() if document is not None}
 
 
@@ -101,20 +92,29 @@ def partition_status(output: str, ds: str, storage_options: dict | None = None) 
     root = root.rstrip("/")
     fs.invalidate_cache()
     manifest = posixpath.join(root, f"ds={ds}", MANIFEST)
-    if fs.exists(manifest):
-        m = json.loads(read_small(fs, manifest))
+    m = _document(fs, manifest)
+    if m is not None:
         counts = m.get("counts", {})
         return True, (
             f"{output} ds={ds} committed by run {m.get('run_id')} of {m.get('pipeline')} "
             f"(started {m.get('started_at')}): {counts.get('output', 0):,} rows, "
             f"{counts.get('quarantined', 0):,} quarantined, from {counts.get('input', 0):,} inputs"
         )
-    failed = posixpath.join(root, "_staging", f"ds={ds}", "_FAILED")
-    if fs.exists(failed):
-        reason = json.loads(read_small(fs, failed)).get("reason", "")
+    refused = _document(fs, posixpath.join(root, "_staging", f"ds={ds}", "_FAILED"))
+    if refused is not None:
+        reason = refused.get("reason", "")
         return False, f"{output} ds={ds} is not committed: its last run was refused: {reason}"
     working = _lock_holder(fs, posixpath.join(root, "_staging", f"ds={ds}.lock"))
     return False, f"{output} ds={ds} is not committed" + (f": {working}" if working else "")
+
+
+def _document(fs, path: str) -> dict | None:
+    """The JSON document at ``path``; None where there is none (one request, not a look-up
+    and then a read)."""
+    try:
+        return json.loads(read_small(fs, path))
+    except FileNotFoundError:
+        return None
 
 
 def _lock_holder(fs, path: str) -> str:
@@ -161,8 +161,7 @@ def read(output: str, ds: str | None = None, columns: Sequence[str] | None = Non
         table = parquet.read(columns=None if stored is None else [n for n in stored if n in names])
         return table.append_column("ds", pa.array([date] * table.num_rows, pa.string())), names
 
-    with ThreadPoolExecutor(max(1, min(READ_THREADS, len(files)))) as pool:
-        read = list(pool.map(one, files))
+    read = at_once(one, files, READ_THREADS)
     if stored:
         present = {name for _, names in read for name in names}
         missing = [name for name in stored if name not in present]
