@@ -51,10 +51,11 @@ class Files:
     # How inputs are packed into tasks, not which rows a run makes: out of the repr, so out
     # of the run's fingerprint (retuning it between a killed run and its resume keeps the work).
     files_per_block: int = field(default=16, repr=False)
-    given: str = field(default="", init=False, repr=False, compare=False)  # the url as the user wrote it
+    # The url as the user wrote it, for messages (a source that lists through Files names its own).
+    given: str = field(default="", repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "given", self.url)
+        object.__setattr__(self, "given", self.given or self.url)
         object.__setattr__(self, "url", absolute_url(self.url, "input"))
 
     @property

@@ -124,9 +124,7 @@ class Tables:
         """Every split, in a stable order, and its size in bytes (a row group's uncompressed
         size; a text split's byte range); and the files of no table format the URL matched.
         Nothing under ``exclude`` (the run's output) is read, not even a footer (Files.listing)."""
-        source = Files(self.url, extensions=tuple(FORMATS))
-        object.__setattr__(source, "given", self.given or self.url)  # its messages name the input as given
-        files = source.listing(exclude)
+        files = Files(self.url, extensions=tuple(FORMATS), given=self.given or self.url).listing(exclude)
         files, sizes, ignored, warnings = files.records, files.sizes, files.ignored, files.warnings
         rows, split_sizes = [], []
         fs, _ = fsspec.core.url_to_fs(self.url)
