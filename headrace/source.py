@@ -148,13 +148,13 @@ class Files:
         if is_local(fs):
             return _local_files(fs, path, self.given)
         if any(ch in path for ch in GLOB_CHARS):
+            globbed = _store_glob(fs, path)
+            if globbed is not None:
+                return globbed
             found = {p: info for p, info in fs.glob(path, detail=True).items() if not _folder_marker(p)}
             listed = {p: info.get("size") for p, info in found.items() if info.get("type") != "directory"}
             folders = [p for p, info in found.items() if info.get("type") == "directory"]
-            # A `**` glob has listed everything below already; else each matched folder is listed.
             def listed_in(folder: str) -> dict[str, int | None]:
-                if "**" in path:  # listed below already
-                    return {p: size for p, size in listed.items() if p.startswith(folder + "/")}
                 return {p: i.get("size") for p, i in fs.find(folder, detail=True).items() if not _folder_marker(p)}
 
             return _with_matched_folders(listed, folders, _glob_root(path), listed_in)
@@ -173,6 +173,35 @@ class Files:
 
 
 GCS_PAGE = 1000  # objects a GCS listing request asks for
+PAGED_STORES = ("S3FileSystem", "GCSFileSystem", "ExtendedGcsFileSystem")
+
+
+def _paged(fs) -> bool:
+    """Whether ``fs`` is an object store listed here page by page (S3, GCS; not a versioned S3)."""
+    return not getattr(fs, "version_aware", False) and type(fs).__name__ in PAGED_STORES
+
+
+async def _entries(fs, bucket: str, prefix: str, delimiter: str = ""):
+    """``(name, size, is_folder)`` of every object of ``bucket`` whose key starts with
+    ``prefix`` and, with ``delimiter="/"``, of every folder just below it (each object below
+    such a folder is not listed then), a page of 1,000 at a time, keeping nothing else:
+    s3fs's page iterator on S3, the JSON API's listing call through gcsfs on GCS."""
+    if type(fs).__name__ == "S3FileSystem":
+        async for info in fs._iterdir(bucket, delimiter=delimiter, prefix=prefix):
+            folder = info.get("type") == "directory"
+            yield info["name"], None if folder else info.get("size"), folder
+        return
+    token = None
+    while True:
+        page = await fs._call("GET", "b/{}/o", bucket, json_out=True, prefix=prefix or None, delimiter=delimiter or None,
+                              maxResults=GCS_PAGE, pageToken=token, fields="items(name,size),prefixes,nextPageToken")
+        for folder in page.get("prefixes", []):
+            yield f"{bucket}/{folder.rstrip('/')}", None, True
+        for item in page.get("items", []):
+            yield f"{bucket}/{item['name']}", int(item["size"]) if item.get("size") is not None else None, False
+        token = page.get("nextPageToken")
+        if not token:
+            return
 
 
 def _store_files(fs, path: str, wanted) -> dict[str, int | None]:
@@ -185,43 +214,131 @@ def _store_files(fs, path: str, wanted) -> dict[str, int | None]:
     10,000,000 objects without a word (its listing's default `max_results`): the objects
     past it were left out of the run. A versioned filesystem, and other stores, go through
     find; so does S3 or GCS should the client's page call change."""
-    kind = type(fs).__name__
-    if getattr(fs, "version_aware", False) or kind not in ("S3FileSystem", "GCSFileSystem", "ExtendedGcsFileSystem"):
+    if not _paged(fs):
         return _found(fs, path, wanted)
     from fsspec.asyn import sync
 
     bucket, key, _ = fs.split_path(path)
     prefix = key.rstrip("/") + "/" if key else ""
 
-    async def s3() -> dict[str, int | None]:
-        found: dict[str, int | None] = {}
-        async for info in fs._iterdir(bucket, delimiter="", prefix=prefix):
-            if info.get("type") != "directory" and wanted(info["name"]):
-                found[info["name"]] = info.get("size")
-        return found
-
-    async def gcs() -> dict[str, int | None]:
-        found: dict[str, int | None] = {}
-        token = None
-        while True:
-            page = await fs._call("GET", "b/{}/o", bucket, json_out=True, prefix=prefix or None, maxResults=GCS_PAGE,
-                                  pageToken=token, fields="items(name,size),nextPageToken")
-            for item in page.get("items", []):
-                name = f"{bucket}/{item['name']}"
-                if wanted(name):
-                    found[name] = int(item["size"]) if item.get("size") is not None else None
-            token = page.get("nextPageToken")
-            if not token:
-                return found
+    async def listed() -> dict[str, int | None]:
+        return {name: size async for name, size, folder in _entries(fs, bucket, prefix)
+                if not folder and wanted(name)}
 
     try:
-        return sync(fs.loop, s3 if kind == "S3FileSystem" else gcs)
+        return sync(fs.loop, listed)
     except (AttributeError, TypeError):  # the page calls are the clients' own: should they change, list as before
         return _found(fs, path, wanted)
 
 
 def _found(fs, path: str, wanted) -> dict[str, int | None]:
     return {p: info.get("size") for p, info in fs.find(path, detail=True).items() if wanted(p)}
+
+
+def _store_glob(fs, path: str) -> dict[str, int | None] | None:
+    """The files a glob on S3 or GCS matches, with their sizes, as fsspec's glob matches
+    them (its pattern, fsspec.utils.glob_translate), and every file in a folder it matches;
+    None for another store (or should the clients' page calls change).
+
+    fsspec's glob lists everything below the glob's root, to the glob's depth, folder after
+    folder, before it matches: for `s3://b/crawl/*/warc/*.gz` every segment's `wet/`, `wat/`
+    and `robotstxt/` too (on GCS everything below the root, flat, and only its first
+    10,000,000 objects: the rest left out in silence), the details of each object kept.
+    Here a path is expanded a part at a time, as Hadoop's glob (Spark's) does: a literal
+    part is appended without a request; a part with glob characters lists only the folders
+    matched so far, one level down, only names that start with the part's literal stem
+    (`2026-11-2*` lists `2026-11-2`...), STORE_REQUESTS folders at a time. From a `**`
+    part on, each folder matched so far is listed flat and every object below it matched
+    against the whole pattern. A page at a time, keeping names and sizes only."""
+    if not _paged(fs) or path.endswith("/"):
+        return None
+    import asyncio
+
+    from fsspec.asyn import sync
+    from fsspec.utils import glob_translate
+
+    from headrace.storage import STORE_REQUESTS
+
+    bucket, key, _ = fs.split_path(path)
+    if any(ch in bucket for ch in GLOB_CHARS) or not key:
+        return None
+    parts = key.split("/")
+    root = _glob_root(path)
+
+    def stem(part: str) -> str:
+        return part[:min([i for i in (part.find(ch) for ch in GLOB_CHARS) if i >= 0], default=len(part))]
+
+    def below(folder: str, name: str = "") -> str:
+        """The key prefix of ``name`` in ``folder`` (`bucket/a` -> `a/name`)."""
+        key = folder.partition("/")[2]
+        return (key + "/" if key else "") + name
+
+    async def each(folders: list[str], list_one) -> list:
+        gate = asyncio.Semaphore(STORE_REQUESTS)
+
+        async def one(folder: str):
+            async with gate:
+                return await list_one(folder)
+
+        return await asyncio.gather(*(one(folder) for folder in folders))
+
+    async def matched() -> dict[str, int | None]:
+        folders = [bucket]
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            if "**" in part:
+                return await flat(folders, stem(part), re.compile(glob_translate(path)))
+            if not last and not any(ch in part for ch in GLOB_CHARS):
+                folders = [f"{folder}/{part}" for folder in folders]
+                continue
+            pattern = re.compile(glob_translate("/".join([bucket, *parts[:index + 1]])))
+
+            async def level(folder: str) -> tuple[list[str], dict[str, int | None]]:
+                found, files = [], {}
+                async for name, size, is_folder in _entries(fs, bucket, below(folder, stem(part)), "/"):
+                    if pattern.match(name) and not _folder_marker(name):
+                        if is_folder:
+                            found.append(name)
+                        elif last:
+                            files[name] = size
+                return found, files
+
+            listed = await each(folders, level)
+            folders = [name for found, _ in listed for name in found]
+        files = {name: size for _, got in listed for name, size in got.items()}
+        # The folders the last part matches are read whole.
+        for got in await each(folders, lambda folder: flat([folder], "", None)):
+            files.update(got)
+        return {name: size for name, size in files.items() if not _hidden(name, root)}
+
+    async def flat(folders: list[str], first: str, pattern) -> dict[str, int | None]:
+        """Every object below ``folders`` (whose key goes on with ``first``) that ``pattern``
+        matches or lies in a folder it matches (every object, without a pattern)."""
+        slash = "/" if path.endswith("/**") else ""  # as fsspec matches a folder where a glob ends in `/**`
+
+        async def objects(folder: str) -> dict[str, int | None]:
+            kept: dict[str, int | None] = {}
+            async for name, size, is_folder in _entries(fs, bucket, below(folder, first)):
+                if is_folder or _folder_marker(name) or _hidden(name, root):
+                    continue
+                end = len(name)
+                while pattern is not None and end > len(folder):
+                    if pattern.match(name[:end] + (slash if end < len(name) else "")):
+                        break
+                    end = name.rfind("/", 0, end)
+                if pattern is None or end > len(folder):
+                    kept[name] = size
+            return kept
+
+        kept: dict[str, int | None] = {}
+        for got in await each(folders, objects):
+            kept.update(got)
+        return kept
+
+    try:
+        return sync(fs.loop, matched)
+    except (AttributeError, TypeError):  # the page calls are the clients' own: should they change, list as before
+        return None
 
 
 def brace_alternatives(pattern: str) -> list[str]:
@@ -283,11 +400,12 @@ def _with_matched_folders(files: dict, folders: list[str], root: str, files_in) 
     """The files a glob matched, and every file in the folders it matched (``files_in``
     lists a folder's files): a folder the glob matches is read whole, as a folder given by
     name is, and as Spark reads `crawl/2026-11-2*` (before, its files were left out:
-    "matched no files"). Hidden names (`_SUCCESS`, `.crc`) below the glob's root, or below
-    a matched folder, are left out."""
+    "matched no files"). Hidden names (`_SUCCESS`, `.crc`, `_temporary/`) below the glob's
+    root are left out, in a matched folder too: `crawl/*` never reads a job's
+    `crawl/_temporary/`, as Spark passes over the `_` and `.` paths a glob matches."""
     kept = {p: size for p, size in files.items() if not _hidden(p, root)}
     for folder in _outermost(folders):
-        kept.update({p: size for p, size in files_in(folder).items() if not _hidden(p, folder)})
+        kept.update({p: size for p, size in files_in(folder).items() if not _hidden(p, root)})
     return kept
 
 

@@ -3,6 +3,7 @@ none is left out unsaid, and none is an input twice."""
 
 import json
 import os
+import posixpath
 import subprocess
 
 import fsspec
@@ -66,33 +67,51 @@ def test_a_glob_matches_through_linked_folders_as_through_real_ones(linked):
     assert sources(Files(f"{linked}/*/deeper/*").listing()) == [f"{linked}/current/deeper/b.txt"]
 
 
-@pytest.mark.parametrize("protocol", ["file", "s3"])
+@pytest.mark.parametrize("protocol", ["file", "s3", "gs"])
 def test_a_glob_that_matches_folders_reads_the_files_in_them(request, protocol, tmp_path):
     """As Spark reads `crawl/2026-11-2*`: before, only files the glob matched themselves
-    were inputs, and a glob of day folders `matched no .txt files`."""
+    were inputs, and a glob of day folders `matched no .txt files`. On a bucket a glob is
+    expanded a part at a time; it finds what the same glob finds on a local disk (before,
+    a folder that a `**` glob matched was not read on a bucket: `crawl/**/deep` matched no
+    files there). Hidden names below the glob's root are never read, in a folder it matches
+    too (before, `crawl/*` read a local `crawl/_temporary/`, a job's unfinished output)."""
     files = {"2026-11-20/a.txt": b"a", "2026-11-21/deep/b.txt": b"b", "2026-11-21/_SUCCESS": b"",
-             "2026-11-21/.c.txt": b"hidden", "2026-11-29.txt": b"a file the glob matches", "2026-10-31/d.txt": b"d"}
-    if protocol == "s3":
-        request.getfixturevalue("s3_server")
+             "2026-11-21/.c.txt": b"hidden", "2026-11-29.txt": b"a file the glob matches", "2026-10-31/d.txt": b"d",
+             "_temporary/0/2026-11-22/e.txt": b"a job's unfinished output", "x/warc/f.txt": b"f",
+             "x/wet/g.txt": b"g", "y/warc/sub/h.txt": b"h"}
+    if protocol in ("s3", "gs"):
+        request.getfixturevalue({"s3": "s3_server", "gs": "gcs_server"}[protocol])
         from conftest import bucket
 
-        fs = bucket("s3", "hr-glob-folders")
-        for name, data in files.items():
-            fs.pipe_file(f"hr-glob-folders/crawl/{name}", data)
-        for marker in ("crawl/", "crawl/2026-11-21/deep/"):  # as the S3 console's "Create folder" makes them
-            fs.pipe_file(f"hr-glob-folders/{marker}", b"")  # before: reported as files of a type not read
-        crawl = "s3://hr-glob-folders/crawl"
+        fs = bucket(protocol, "hr-glob-folders")
+        markers = ("crawl/", "crawl/2026-11-21/deep/")  # as the S3 console's "Create folder" makes them
+        # before: markers were reported as files of a type not read
+        fs.pipe({f"hr-glob-folders/crawl/{name}": data for name, data in files.items()}
+                | {f"hr-glob-folders/{marker}": b"" for marker in markers} | {"hr-glob-folders/crawl-old/i.txt": b"i"})
+        crawl = f"{protocol}://hr-glob-folders/crawl"
     else:
         for name, data in files.items():
             write(str(tmp_path / "crawl"), name, data)
+        write(str(tmp_path / "crawl-old"), "i.txt", b"i")
         crawl = f"file://{tmp_path}/crawl"
-    for glob, expected in ((f"{crawl}/2026-11-2*", ["2026-11-20/a.txt", "2026-11-21/deep/b.txt", "2026-11-29.txt"]),
-                           (f"{crawl}/2026-1?-*/**", ["2026-10-31/d.txt", "2026-11-20/a.txt", "2026-11-21/deep/b.txt"]),
-                           (f"{crawl}/*/deep", ["2026-11-21/deep/b.txt"])):
+    days = ["2026-11-20/a.txt", "2026-11-21/deep/b.txt"]
+    for glob, expected in ((f"{crawl}/2026-11-2*", [*days, "2026-11-29.txt"]),
+                           (f"{crawl}/2026-1?-*/**", ["2026-10-31/d.txt", *days]),
+                           (f"{crawl}/*/deep", ["2026-11-21/deep/b.txt"]),
+                           (f"{crawl}/**/deep", ["2026-11-21/deep/b.txt"]),
+                           (f"{crawl}/**/2026-11-2?", days),
+                           (f"{crawl}/*/warc/*", ["x/warc/f.txt", "y/warc/sub/h.txt"]),
+                           (f"{crawl}/[xy]/w?t", ["x/wet/g.txt"]),
+                           (f"{crawl}*/*.txt", ["../crawl-old/i.txt", "2026-11-29.txt"]),
+                           (f"{crawl}/*", ["2026-10-31/d.txt", *days, "2026-11-29.txt", "x/warc/f.txt", "x/wet/g.txt",
+                                           "y/warc/sub/h.txt"])):
         listed = Files(glob, extensions=(".txt",)).listing()
-        assert [u.split("/crawl/", 1)[1] for u in listed.records.column("source").to_pylist()] == expected, glob
+        assert [posixpath.relpath(u, crawl) for u in listed.records.column("source").to_pylist()] == expected, glob
+        assert listed.sizes.to_pylist() == [len(files.get(name, b"i")) for name in expected], glob
         assert not listed.ignored, glob  # _SUCCESS and .c.txt are hidden, as in a folder given by name
     assert not Files(crawl, extensions=(".txt",)).listing().ignored
+    with pytest.raises(headrace.ConfigError, match="matched no"):
+        Files(f"{crawl}/_*", extensions=(".txt",)).listing()
     # `{a,b}` alternatives, as Spark's glob and the shell read them (before: "does not exist").
     listed = Files(f"{crawl}/{{2026-11-20,2026-10-*,2026-11-30}}", extensions=(".txt",)).listing()
     assert [u.split("/crawl/", 1)[1] for u in listed.records.column("source").to_pylist()] == [
