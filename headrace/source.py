@@ -147,7 +147,8 @@ class Files:
         # (one request per 1,000 objects, none per object), and raise on a failed page.
         if is_local(fs):
             return _local_files(fs, path, self.given)
-        if any(ch in path for ch in GLOB_CHARS):
+        # A path that exists is taken as named, glob characters in it or not (`exp[1]/docs`), as on a disk.
+        if any(ch in path for ch in GLOB_CHARS) and not fs.exists(path):
             globbed = _store_glob(fs, path)
             if globbed is not None:
                 return globbed

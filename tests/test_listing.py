@@ -140,12 +140,25 @@ def test_a_file_name_that_is_not_utf8_is_named_in_an_exit_2(tmp_path):
         Files(str(tmp_path)).listing()
 
 
-def test_a_folder_named_like_a_glob_is_read_as_it_is_named(tmp_path):
-    write(str(tmp_path / "run[1]"), "x.txt", b"the folder's name has brackets")
-    write(str(tmp_path / "run1"), "y.txt", b"what the brackets would match as a glob")
-    assert [os.path.basename(p) for p in sources(Files(str(tmp_path / "run[1]")).listing())] == ["x.txt"]
+@pytest.mark.parametrize("protocol", ["file", "s3"])
+def test_a_folder_named_like_a_glob_is_read_as_it_is_named(request, protocol, tmp_path):
+    """On a bucket too (before, `s3://b/run[1]` read `run1`, the glob's match)."""
+    if protocol == "s3":
+        request.getfixturevalue("s3_server")
+        from conftest import bucket
+
+        bucket("s3", "hr-glob-named").pipe({"hr-glob-named/run[1]/x.txt": b"the folder's name has brackets",
+                                            "hr-glob-named/run1/y.txt": b"what the brackets would match as a glob"})
+        folder = "s3://hr-glob-named"
+    else:
+        write(str(tmp_path / "run[1]"), "x.txt", b"the folder's name has brackets")
+        write(str(tmp_path / "run1"), "y.txt", b"what the brackets would match as a glob")
+        folder = str(tmp_path)
+    assert [os.path.basename(p) for p in sources(Files(f"{folder}/run[1]").listing())] == ["x.txt"]
+    assert [os.path.basename(p) for p in sources(Files(f"{folder}/run[1]/x.txt").listing())] == ["x.txt"]
+    assert [os.path.basename(p) for p in sources(Files(f"{folder}/run[0-9]").listing())] == ["y.txt"]
     with pytest.raises(headrace.ConfigError, match="does not exist"):
-        Files(str(tmp_path / "nothing-here")).listing()
+        Files(f"{folder}/nothing-here").listing()
 
 
 def test_files_of_other_types_are_listed_as_ignored_hidden_ones_are_not(tmp_path):
