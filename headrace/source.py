@@ -275,13 +275,23 @@ def _store_glob(fs, path: str) -> dict[str, int | None] | None:
         return (key + "/" if key else "") + name
 
     async def each(folders: list[str], list_one) -> list:
-        gate = asyncio.Semaphore(STORE_REQUESTS)
+        """``list_one(folder)`` of every folder, by STORE_REQUESTS workers (not a task a folder:
+        a glob may match a hundred thousand)."""
+        results: list = [None] * len(folders)
+        work = iter(enumerate(folders))
 
-        async def one(folder: str):
-            async with gate:
-                return await list_one(folder)
+        async def worker() -> None:
+            for index, folder in work:
+                results[index] = await list_one(folder)
 
-        return await asyncio.gather(*(one(folder) for folder in folders))
+        workers = [asyncio.ensure_future(worker()) for _ in range(min(STORE_REQUESTS, len(folders)))]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:  # a failed listing fails the glob's: the other workers stop too
+            for task in workers:
+                task.cancel()
+            raise
+        return results
 
     async def matched() -> dict[str, int | None]:
         folders = [bucket]

@@ -274,21 +274,39 @@ def test_a_bucket_listing_leaves_no_copy_of_the_objects_details_in_the_driver(re
         assert held < count * 100, f"{held / count:.0f} bytes per object held after the listing"
 
 
-def test_a_gcs_folder_is_listed_with_every_object_and_its_size(gcs_server):
-    """A GCS folder is listed by the store's own paged listing call (gcsfs's find gathers every
-    object's details first, and stops at 10,000,000 objects without a word: its listing's
-    default ``max_results``). The emulator answers in one page whatever the page size asked
-    (it ignores ``maxResults`` and ``fields``), so this checks what the listing finds, not
-    its paging: each object with its size, none of a longer prefix, hidden names and folder
-    markers left out."""
+def test_a_gcs_listing_reads_every_page(gcs_server, monkeypatch):
+    """A GCS folder or glob is listed by the store's own paged listing call (gcsfs's find
+    gathers every object's details first, and stops at 10,000,000 objects without a word:
+    its listing's default ``max_results``). The emulator answers in one page whatever the
+    page size asked, so a proxy pages its answers as GCS does (fixtures/paging_gcs_proxy.py),
+    at 3 entries a page here: every object is found with its size, across pages, with folders
+    and objects of a delimited listing split between them; none of a longer prefix, hidden
+    names and folder markers left out."""
+    import gcsfs
+
+    from fixtures.paging_gcs_proxy import PagingGcsProxy
     from conftest import bucket
+    from headrace import source
 
     fs = bucket("gs", "hr-listing-pages")
-    names = [f"crawl/d{i % 3}/doc-{i:02d}.txt" for i in range(11)]
+    names = [f"crawl/d{i % 3}/doc-{i:02d}.txt" for i in range(11)] + [f"crawl/top-{i}.txt" for i in range(11, 14)]
     fs.pipe({f"hr-listing-pages/{name}": b"x" * i for i, name in enumerate(names)}
             | {"hr-listing-pages/crawl/_hidden/a.txt": b"h", "hr-listing-pages/crawl/d9/": b"",
                "hr-listing-pages/crawl-old/b.txt": b"b"})
-    listing = Files("gs://hr-listing-pages/crawl", extensions=(".txt",)).listing()
-    found = dict(zip(listing.records.column("source").to_pylist(), listing.sizes.to_pylist()))
-    assert found == {f"gs://hr-listing-pages/{name}": i for i, name in enumerate(names)}
-    assert listing.ignored == ()
+    expected = {f"gs://hr-listing-pages/{name}": i for i, name in enumerate(names)}
+    monkeypatch.setattr(source, "GCS_PAGE", 3)
+    with PagingGcsProxy(gcs_server["STORAGE_EMULATOR_HOST"]) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        gcsfs.GCSFileSystem.clear_instance_cache()
+        try:
+            for url, want in (("gs://hr-listing-pages/crawl", expected),
+                              ("gs://hr-listing-pages/crawl/*/*.txt", {u: size for u, size in expected.items() if "/d" in u}),
+                              ("gs://hr-listing-pages/crawl/**/*.txt", expected),
+                              ("gs://hr-listing-pages/crawl/*", expected)):
+                pages = proxy.pages
+                listing = Files(url, extensions=(".txt",)).listing()
+                assert dict(zip(listing.records.column("source").to_pylist(), listing.sizes.to_pylist())) == want, url
+                assert listing.ignored == (), url
+                assert proxy.pages - pages >= len(want) // 3, url  # read page by page
+        finally:
+            gcsfs.GCSFileSystem.clear_instance_cache()
