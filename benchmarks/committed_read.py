@@ -76,7 +76,8 @@ def main() -> None:
         for day in range(args.dates):
             folder = f"bench-read/out/ds={first + dt.timedelta(days=day)}"
             objects[f"{folder}/part-00000.parquet"] = sink.getvalue()
-            objects[f"{folder}/_SUCCESS"] = json.dumps({"files": [{"path": "part-00000.parquet", "rows": 10}]}).encode()
+            objects[f"{folder}/_SUCCESS"] = json.dumps(
+                {"files": [{"path": "part-00000.parquet", "rows": 10, "bytes": len(sink.getvalue())}]}).encode()
         fs.pipe(objects)
         with FlakyS3Proxy(endpoint, {}, latency_s=args.latency_ms / 1000) as proxy:
             for code, code_root in codes.items():

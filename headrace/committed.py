@@ -27,8 +27,8 @@ READ_THREADS = 8  # files read at once: on a bucket each is a request or a few
 
 
 def committed_files(output: str, ds: str | None = None,
-                    storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str, list[tuple[str, str]]]:
-    """The filesystem, the output's root on it, and (date, path) of every committed
+                    storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str, list[tuple[str, str, int | None]]]:
+    """The filesystem, the output's root on it, and (date, path, bytes) of every committed
     Parquet file of one date (``ds``) or of every date, as the manifests list them."""
     fs, root = fsspec.core.url_to_fs(output_url(output), **(storage_options or {}))
     root = root.rstrip("/")
@@ -47,7 +47,7 @@ def committed_files(output: str, ds: str | None = None,
     for manifest in sorted(documents):
         folder = posixpath.dirname(manifest)
         date = posixpath.basename(folder).removeprefix("ds=")
-        files += [(date, posixpath.join(folder, entry["path"])) for entry in documents[manifest]["files"]]
+        files += [(date, posixpath.join(folder, entry["path"]), entry.get("bytes")) for entry in documents[manifest]["files"]]
     return fs, root, files
 
 
@@ -76,7 +76,7 @@ def dataset(output: str, ds: str | None = None, storage_options: dict | None = N
     fs, root, files = committed_files(output, ds, storage_options)
     filesystem = LocalFileSystem() if _plain_local(fs) else PyFileSystem(FSSpecHandler(fs))
     partitioning = pads.partitioning(pa.schema([("ds", pa.string())]), flavor="hive")
-    return pads.dataset([path for _, path in files], filesystem=filesystem, format="parquet",
+    return pads.dataset([path for _, path, _ in files], filesystem=filesystem, format="parquet",
                         partitioning=partitioning, partition_base_dir=root)
 
 
@@ -153,9 +153,16 @@ def read(output: str, ds: str | None = None, columns: Sequence[str] | None = Non
 
     local = _plain_local(fs)  # Arrow's own reader, only the columns asked for
 
-    def one(item: tuple[str, str]) -> tuple[pa.Table, list[str]]:
-        date, path = item
-        parquet = pq.ParquetFile(path) if local else parquet_file(fs.cat_file(path))
+    # A file the manifest says is smaller than s3fs's block is fetched in one GET (read_small):
+    # asked for a whole object, s3fs first asks its size (a HEAD), to fetch a large one in parts.
+    block = getattr(fs, "default_block_size", None) or 0
+
+    def fetch(path: str, size: int | None) -> bytes:
+        return read_small(fs, path) if size is not None and size <= block else fs.cat_file(path)
+
+    def one(item: tuple[str, str, int | None]) -> tuple[pa.Table, list[str]]:
+        date, path, size = item
+        parquet = pq.ParquetFile(path) if local else parquet_file(fetch(path, size))
         names = parquet.schema_arrow.names
         # A column that only some dates have is null in the others, as with every column.
         table = parquet.read(columns=None if stored is None else [n for n in stored if n in names])
@@ -171,7 +178,7 @@ def read(output: str, ds: str | None = None, columns: Sequence[str] | None = Non
     try:
         table = pa.concat_tables([t for t, _ in read], promote_options="default")
     except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
-        raise type(exc)(f"{output}: {_type_changes([(date, t) for (date, _), (t, _) in zip(files, read)]) or exc}") from exc
+        raise type(exc)(f"{output}: {_type_changes([(date, t) for (date, *_), (t, _) in zip(files, read)]) or exc}") from exc
     return table.select(wanted) if wanted is not None else table
 
 
