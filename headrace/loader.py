@@ -64,6 +64,9 @@ def load(spec: str) -> PipelineFactory:
     """``path/to/pipeline.py[:attr]`` or ``package.module[:attr]``; attr defaults to ``pipeline``."""
     module_ref, _, attr = spec.partition(":") if not _is_windows_drive(spec) else (spec, "", "")
     attr = attr or DEFAULT_ATTR
+    if not module_ref:
+        raise ConfigError(f"pipeline {spec!r} names no file or module before ':' "
+                          f"(path/to/pipeline.py[:{attr}] or package.module[:{attr}])")
     helpers: tuple[str, ...] = ()
     if module_ref.endswith(".py") or os.sep in module_ref:
         module = _load_file(module_ref)
@@ -91,6 +94,8 @@ def _load_file(path: str):
     """Execute a pipeline file. Its folder is importable while it loads (and after), and
     every module it imports from that folder is shipped to the workers by value along with
     it, so a helper module next to the pipeline works on any node without PYTHONPATH."""
+    if os.path.isdir(path):
+        raise ConfigError(f"pipeline file {path!r} is a folder: name the pipeline's .py file in it")
     if not os.path.isfile(path):
         raise ConfigError(f"pipeline file {path!r} not found")
     folder = os.path.dirname(os.path.abspath(path))

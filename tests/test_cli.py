@@ -74,6 +74,8 @@ def test_bad_configuration_exits_2_with_one_line_before_ray(args, message):
         ("pipelines/no_such_pipeline.py", "pipeline file 'pipelines/no_such_pipeline.py' not found"),
         ("no_such_package.jobs:pipeline", "no module named 'no_such_package'"),
         ("pipelines.doc_embeddings:nothing", "defines no 'nothing'"),
+        (":pipeline", "names no file or module before ':'"),  # before: "ValueError: Empty module name"
+        ("pipelines/", "pipeline file 'pipelines/' is a folder: name the pipeline's .py file in it"),
     ],
 )
 def test_unknown_pipeline_exits_2(pipeline, message):
