@@ -16,6 +16,7 @@ from headrace import PipelineError, Stage
 from headrace.envelope import NO_RECORDS, ROW_ERROR
 from headrace.storage import refuse_special_file
 from headrace.tables import SPLIT_SCHEMA
+from stages.warc import readline
 
 SPLIT_COLUMNS = tuple(f.name for f in SPLIT_SCHEMA)
 FOOTERS_KEPT = 16  # Parquet footers a worker process keeps parsed (most recently used)
@@ -317,7 +318,7 @@ def _not_a_json_document(split: dict) -> None:
     fs, path = fsspec.core.url_to_fs(split["source"])
     with fs.open(path, "rb") as raw:
         handle = gzip.GzipFile(fileobj=raw) if split["compression"] == "gzip" else raw
-        first = handle.readline(MAX_FIRST_LINE).lstrip(b"\xef\xbb\xbf").strip()
+        first = readline(handle, MAX_FIRST_LINE).lstrip(b"\xef\xbb\xbf").strip()
     if first in (b"[", b"{"):
         array = first == b"["
         raise ValueError(f"{split['source']} is one JSON {'array' if array else 'object'} over several lines, not "

@@ -103,11 +103,27 @@ def _plain_record(handle, position: int) -> tuple[bytes, int]:
     return header + block, position + len(header) + len(block)
 
 
+def readline(handle, limit: int) -> bytes:
+    """The next line of ``handle``, or its first ``limit`` bytes where it is longer. fsspec's
+    bucket files take no size in ``readline`` (TypeError: every JSON Lines file and plain
+    WARC file on S3 or GCS failed whole); on them the line is cut from a read of ``limit``."""
+    try:
+        return handle.readline(limit)
+    except TypeError:
+        start = handle.tell()
+        data = handle.read(limit)
+        end = data.find(b"\n")
+        if end >= 0:
+            data = data[:end + 1]
+            handle.seek(start + len(data))
+        return data
+
+
 def _header(handle, position: int) -> bytes:
     handle.seek(position)
     header = b""
     while not header.endswith(b"\r\n\r\n"):
-        line = handle.readline(MAX_HEADER)
+        line = readline(handle, MAX_HEADER)
         if not line:
             raise BadRecord("truncated record header: the file ends inside it")
         header += line

@@ -829,3 +829,32 @@ def test_warc_records_through_a_run_quarantined_with_their_offset(ray_cluster, w
         assert any(reason in m and ".warc" in m and " offset " in m for m in messages), (reason, messages)
     sizes = sum(-(-os.path.getsize(folder / name) // 1024) for name in ("crawl.warc.gz", "crawl.warc"))
     assert result.manifest["counts"]["input"] == sizes  # splits of 1 KiB, not files
+
+
+@pytest.mark.parametrize("protocol", ["s3", "gs"])
+def test_table_files_on_a_bucket_give_the_rows_and_errors_they_give_on_a_disk(request, protocol, tables, warcs):
+    """Every format and every kind of bad row, read by ReadTable from S3 (moto) and GCS (the
+    emulator) as from a local disk. Before, no JSON Lines file on a bucket was read (its
+    first split asked fsspec's file for ``readline(64)``, which takes no size: `TypeError`,
+    every split of the file quarantined), nor a plain WARC or WET file (the same, for each
+    record's header)."""
+    request.getfixturevalue({"s3": "s3_server", "gs": "gcs_server"}[protocol])
+    name = f"hr-table-formats-{protocol}"
+    fs = bucket(protocol, name)
+    folders = {"warcs": warcs[0], "tables": tables[0]}
+    fs.pipe({f"{name}/{kind}/{file}": (folder / file).read_bytes()
+             for kind, folder in folders.items() for file in os.listdir(folder)})
+    readers = {"tables": ReadTable({"text": pa.string()}, id_column="id", required=("text",)),
+               "warcs": ReadTable({"text": pa.string(), "url": pa.string(), "http_status": pa.int64()}, id_column="url")}
+
+    def rows(url, kind, split_bytes):
+        splits = Tables(url, split_bytes=split_bytes).list()
+        out = pa.concat_tables([readers[kind].process(splits.slice(i, 1)) for i in range(splits.num_rows)])
+        return sorted(json.dumps(row, sort_keys=True, default=str).replace(url, "ROOT")
+                      for row in out.drop_columns(["split_id"]).to_pylist())  # split_id: a hash of the URI
+
+    for kind, folder in folders.items():
+        for split_bytes in (1024, 1 << 20):
+            on_disk = rows(f"file://{folder}", kind, split_bytes)
+            assert any('"_row_error": null' in row for row in on_disk) and any('"_row_error": "' in row for row in on_disk)
+            assert rows(f"{protocol}://{name}/{kind}", kind, split_bytes) == on_disk, (kind, split_bytes)
