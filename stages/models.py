@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -135,7 +136,11 @@ class TorchModel(Stage):
                 values = column.combine_chunks()
                 array = values.flatten().to_numpy(zero_copy_only=False) if width else values.to_numpy(zero_copy_only=False)
                 shape = (len(rows), *self.shapes.get(name, (width,) if width else ()))
-                tensors[name] = torch.from_numpy(np.ascontiguousarray(array).reshape(shape))
+                with warnings.catch_warnings():
+                    # Arrow's memory is read-only, and a model only reads its inputs: torch's warning
+                    # ("not writable ... undefined behavior") went into every image run's log.
+                    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                    tensors[name] = torch.from_numpy(np.ascontiguousarray(array).reshape(shape))
         if self._cuda:
             tensors = {k: v.pin_memory() for k, v in tensors.items()}
         return tensors
