@@ -27,6 +27,7 @@ def load_causal_tokenizer(path: str):
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # "Loading weights" bars of every actor went into the run's log
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model folder {path!r} does not exist")
     return AutoTokenizer.from_pretrained(path)
