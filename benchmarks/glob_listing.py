@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +33,7 @@ sys.path[:0] = [ROOT, HERE, os.path.join(ROOT, "tests")]
 
 from doc_embeddings import machine, publish  # noqa: E402
 from fixtures.flaky_s3_proxy import FlakyS3Proxy  # noqa: E402
-from object_store import moto_environment, start_moto  # noqa: E402
+from object_store import in_steps, moto_environment, start_moto  # noqa: E402
 from revisions import add_baseline_argument, code_roots, command_line  # noqa: E402
 
 KINDS = ("warc", "wet", "wat", "robotstxt")
@@ -62,21 +60,9 @@ print(json.dumps({"rows": rows, "wall": wall, "peak": peak}))
 
 
 def measure(code_root: str, url: str, warm: str, env: dict, proxy: FlakyS3Proxy) -> dict:
-    process = subprocess.Popen([sys.executable, "-c", MEASURE, code_root, url, warm], env=env, cwd=code_root,
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    counts = []
-    for expected in ("ready", "listed"):
-        line = process.stdout.readline().strip()
-        if line != expected:
-            process.kill()
-            sys.exit(f"listing {url} with {code_root} failed:\n{line}\n{process.stderr.read()[-3000:]}")
-        counts.append(sum(proxy.counts.values()))
-        process.stdin.write("\n")
-        process.stdin.flush()
-    out, err = process.communicate(timeout=600)
-    if process.returncode != 0:
-        sys.exit(f"listing {url} with {code_root} failed:\n{err[-3000:]}")
-    got = json.loads(out.strip().splitlines()[-1])
+    counts: list[int] = []
+    got = in_steps([sys.executable, "-c", MEASURE, code_root, url, warm], env, code_root, ("ready", "listed"),
+                   lambda: counts.append(sum(proxy.counts.values())), f"listing {url} with {code_root}")
     got["requests"] = counts[1] - counts[0]
     return got
 

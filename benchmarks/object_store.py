@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import shutil
 import socket
@@ -69,6 +70,26 @@ def timed(command: list[str], env: dict) -> float:
     if result.returncode != 0:
         sys.exit(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return time.perf_counter() - started
+
+
+def in_steps(command: list[str], env: dict, cwd: str, steps: tuple[str, ...], at_step, what: str) -> dict:
+    """Run ``command``, a process that prints each of ``steps`` in turn and then waits for a
+    line on its stdin; ``at_step()`` is called at each (e.g. to read a proxy's counters
+    between two parts of the work). Returns the JSON document on its last line of output."""
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    for step in steps:
+        line = process.stdout.readline().strip()
+        if line != step:
+            process.kill()
+            sys.exit(f"{what} failed:\n{line}\n{process.stderr.read()[-3000:]}")
+        at_step()
+        process.stdin.write("\n")
+        process.stdin.flush()
+    out, err = process.communicate(timeout=1800)
+    if process.returncode != 0:
+        sys.exit(f"{what} failed:\n{err[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def best_of(runs: int, operation) -> tuple[float, object]:

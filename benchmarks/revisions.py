@@ -15,15 +15,15 @@ def add_baseline_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline-rev", help="an earlier git revision to measure beside this checkout")
 
 
-def code_roots(rev: str | None, scratch: str) -> dict[str, str]:
-    """{label: folder to import headrace from}: this checkout, and ``rev``'s headrace package
+def code_roots(rev: str | None, scratch: str, packages: tuple[str, ...] = ("headrace",)) -> dict[str, str]:
+    """{label: folder to import headrace from}: this checkout, and ``rev``'s ``packages``
     (from ``git archive``, unpacked under ``scratch``) where one is given."""
     roots = {"this checkout": ROOT}
     if rev:
         label = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True,
                                check=True).stdout.strip()
         into = tempfile.mkdtemp(dir=scratch)
-        archive = subprocess.run(["git", "archive", rev, "headrace"], cwd=ROOT, capture_output=True, check=True).stdout
+        archive = subprocess.run(["git", "archive", rev, *packages], cwd=ROOT, capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
         roots[f"revision {label}"] = into
     return roots

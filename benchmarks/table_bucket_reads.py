@@ -23,7 +23,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -33,8 +32,8 @@ sys.path[:0] = [ROOT, HERE, os.path.join(ROOT, "tests")]
 
 from doc_embeddings import machine, publish  # noqa: E402
 from fixtures.flaky_s3_proxy import FlakyS3Proxy  # noqa: E402
-from object_store import moto_environment, start_moto  # noqa: E402
-from revisions import add_baseline_argument, command_line  # noqa: E402
+from object_store import in_steps, moto_environment, start_moto  # noqa: E402
+from revisions import add_baseline_argument, code_roots, command_line  # noqa: E402
 
 MEASURE = r"""
 import json, sys, time
@@ -49,20 +48,6 @@ started = time.perf_counter()
 rows = sum(read.process(splits.slice(i, 1)).num_rows for i in range(splits.num_rows))
 print(json.dumps({"splits": splits.num_rows, "rows": rows, "wall": time.perf_counter() - started}))
 """
-
-
-def code_roots(rev: str | None, scratch: str) -> dict[str, str]:
-    """As revisions.code_roots, with the ``stages`` package beside ``headrace``: the readers live there."""
-    roots = {"this checkout": ROOT}
-    if rev:
-        label = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True,
-                               check=True).stdout.strip()
-        into = tempfile.mkdtemp(dir=scratch)
-        archive = subprocess.run(["git", "archive", rev, "headrace", "stages"], cwd=ROOT, capture_output=True,
-                                 check=True).stdout
-        subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
-        roots[f"revision {label}"] = into
-    return roots
 
 
 def files(megabytes: int) -> dict[str, bytes]:
@@ -86,19 +71,9 @@ def files(megabytes: int) -> dict[str, bytes]:
 
 
 def measure(code_root: str, url: str, env: dict, proxy: FlakyS3Proxy) -> dict:
-    process = subprocess.Popen([sys.executable, "-c", MEASURE, code_root, url], env=env, cwd=code_root,
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = process.stdout.readline().strip()
-    if line != "ready":
-        process.kill()
-        sys.exit(f"reading {url} with {code_root} failed:\n{line}\n{process.stderr.read()[-3000:]}")
-    before = (sum(proxy.counts.values()), proxy.bytes_out)
-    process.stdin.write("\n")
-    process.stdin.flush()
-    out, err = process.communicate(timeout=1200)
-    if process.returncode != 0:
-        sys.exit(f"reading {url} with {code_root} failed:\n{err[-3000:]}")
-    got = json.loads(out.strip().splitlines()[-1])
+    before: list[int] = []
+    got = in_steps([sys.executable, "-c", MEASURE, code_root, url], env, code_root, ("ready",),
+                   lambda: before.extend((sum(proxy.counts.values()), proxy.bytes_out)), f"reading {url} with {code_root}")
     got["requests"] = sum(proxy.counts.values()) - before[0]
     got["bytes"] = proxy.bytes_out - before[1]
     return got
@@ -119,7 +94,7 @@ def main() -> None:
     os.environ.update(env)
     rows = []
     try:
-        codes = code_roots(args.baseline_rev, scratch)
+        codes = code_roots(args.baseline_rev, scratch, ("headrace", "stages"))  # the readers live in stages
         fs = fsspec.filesystem("s3", skip_instance_cache=True)
         fs.mkdir("bench-tables")
         made = files(args.mb)
