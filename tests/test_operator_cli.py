@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -266,6 +267,7 @@ def test_status_is_a_sensor_for_a_committed_date(tmp_path, docs):
     assert before.returncode == 1 and "ds=2026-11-06 is not committed" in before.stdout
     # Its reader goes away after the first line (`headrace submit ... | head -1`): before, the
     # committed run then said `failed: BrokenPipeError ... nothing was published`, exit 1.
+    started = time.time()
     run = subprocess.Popen([*HEADRACE, "submit", WORD_COUNT, "--master", "local[1]", "--ds", "2026-11-06", "--conf",
                             f"input={docs}", "--conf", f"output={output}", "--conf", "headrace.progress=false"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
@@ -279,7 +281,9 @@ def test_status_is_a_sensor_for_a_committed_date(tmp_path, docs):
     # next run to remove once there are more than ray_adapter.KEPT_SESSIONS of them.
     import glob
 
-    sessions = glob.glob(os.path.join(tempfile.gettempdir(), "ray", f"session_*_{run.pid}"))
+    # (Its process id only: an older session of another process with the same id may be there.)
+    sessions = [path for path in glob.glob(os.path.join(tempfile.gettempdir(), "ray", f"session_*_{run.pid}"))
+                if os.path.getmtime(path) >= started - 1]
     assert len(sessions) == 1 and os.path.isfile(os.path.join(sessions[0], "headrace")), sessions
     after = cli("status", str(output), "--ds", "2026-11-06")
     assert after.returncode == 0, after.stderr
