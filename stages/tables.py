@@ -200,8 +200,9 @@ class ReadTable(Stage):
 
         fs, path = fsspec.core.url_to_fs(split["source"])
         local = isinstance(fs, LocalFileSystem)
-        # On a store every read is one GET of what Arrow asks for (a footer, a column chunk):
-        # fsspec's read-ahead fetched 50 MB past each (s3fs's block).
+        # On a store each of Arrow's reads (a footer, a column chunk it asks for) is one GET of
+        # it: fsspec's read-ahead fetched 50 MB past each (s3fs's block), the columns not asked
+        # for too (a 10 MB file of 8 row groups: 45.6 MB fetched, now 5.9 MB in as many requests).
         with pa.OSFile(path) if local else fs.open(path, "rb", cache_type="none") as handle:
             # A file of N row groups is N splits, each reading its footer (O(N) bytes): O(N^2)
             # for the file without a cache (2,000 groups: 5.5 ms a split, 1.4 MB fetched each
