@@ -140,3 +140,49 @@ def test_the_logical_date_and_engine_settings_from_python_are_checked_before_any
     pq.write_table(pa.table({"words": [3]}), partition / "part-0.parquet")
     (partition / "_SUCCESS").write_text(json.dumps({"files": [{"path": "part-0.parquet"}]}))
     assert headrace.read(str(tmp_path / "out"), ds=dt.date(2026, 11, 1)).column("ds").to_pylist() == ["2026-11-01"]
+
+
+def test_columns_of_a_committed_file_on_s3_are_read_without_fetching_the_others(s3_server, monkeypatch):
+    """``headrace.read(OUT, columns=[...])`` on a bucket fetched every file whole (one id column
+    of a 31 MB embeddings file: 31.5 MB). A large file is now fetched as its footer and the
+    chunks of the columns asked for; the rows are the same as from the whole file, whatever
+    the columns (a nested one, a dictionary-encoded one, none)."""
+    import io
+    import json
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import s3fs
+
+    from conftest import bucket
+    from fixtures.flaky_s3_proxy import FlakyS3Proxy
+    from headrace import committed
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    table = pa.table({"doc_id": [f"d{i}" for i in range(n)], "doc_id.v2": [i for i in range(n)],
+                      "text": [None if i % 7 == 0 else f"text {i % 5}" for i in range(n)],
+                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(rng.random(n * 64, dtype=np.float32)), 64)})
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=1000)
+    data = sink.getvalue()
+    fs = bucket("s3", "hr-read-columns")
+    fs.pipe({"hr-read-columns/out/ds=2026-11-01/part-000.parquet": data,
+             "hr-read-columns/out/ds=2026-11-01/_SUCCESS": json.dumps(
+                 {"files": [{"path": "part-000.parquet", "rows": n, "bytes": len(data)}]}).encode()})
+    monkeypatch.setattr(committed, "COLUMNS_APART", 0, raising=False)  # this small file too
+    with FlakyS3Proxy(s3_server["AWS_ENDPOINT_URL"], {}) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        s3fs.S3FileSystem.clear_instance_cache()
+        try:
+            for columns in (["doc_id.v2"], ["doc_id"], ["embedding"], ["text", "doc_id"], ["doc_id", "ds"], []):
+                before = proxy.bytes_out
+                got = headrace.read("s3://hr-read-columns/out", columns=columns)
+                fetched = proxy.bytes_out - before
+                expected = table.append_column("ds", pa.array(["2026-11-01"] * n)).select(columns)
+                assert got.num_rows == n and got.equals(expected), columns
+                if "embedding" not in columns:
+                    assert fetched < len(data) / 4, (columns, fetched, len(data))  # before: the whole file
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
