@@ -21,9 +21,7 @@ import datetime as dt
 import io
 import json
 import os
-import shutil
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -31,8 +29,8 @@ sys.path[:0] = [ROOT, HERE, os.path.join(ROOT, "tests")]
 
 from doc_embeddings import machine, publish  # noqa: E402
 from fixtures.flaky_s3_proxy import FlakyS3Proxy  # noqa: E402
-from object_store import in_steps, moto_environment, start_moto  # noqa: E402
-from revisions import add_baseline_argument, code_roots, command_line  # noqa: E402
+from object_store import in_steps, moto_bucket  # noqa: E402
+from revisions import add_baseline_argument, command_line  # noqa: E402
 
 MEASURE = r"""
 import json, sys, time
@@ -59,20 +57,12 @@ def main() -> None:
     add_baseline_argument(parser)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
-    import fsspec
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    scratch = tempfile.mkdtemp(prefix="headrace-column-read-")
-    server, endpoint = start_moto()
-    env = {**os.environ, **moto_environment(endpoint)}
-    os.environ.update(env)
     rows = []
-    try:
-        codes = code_roots(args.baseline_rev, scratch)
-        fs = fsspec.filesystem("s3", skip_instance_cache=True)
-        fs.mkdir("bench-columns")
+    with moto_bucket("bench-columns", args.baseline_rev) as (env, fs, codes):
         rng = np.random.default_rng(5)
         objects, manifest, size = {}, [], 0
         for index in range(args.files):
@@ -89,7 +79,7 @@ def main() -> None:
             size += len(sink.getvalue())
         objects["bench-columns/out/ds=2026-11-01/_SUCCESS"] = json.dumps({"files": manifest}).encode()
         fs.pipe(objects)
-        with FlakyS3Proxy(endpoint, {}, latency_s=args.latency_ms / 1000) as proxy:
+        with FlakyS3Proxy(env["AWS_ENDPOINT_URL"], {}, latency_s=args.latency_ms / 1000) as proxy:
             for code, code_root in codes.items():
                 marks: list[tuple[int, int]] = []
                 got = in_steps([sys.executable, "-c", MEASURE, code_root, "s3://bench-columns/out"],
@@ -101,9 +91,6 @@ def main() -> None:
                 got["one_bytes"] = marks[1][1] - marks[0][1]
                 rows.append((code, got))
                 print(code, got, flush=True)
-    finally:
-        server.terminate()
-        shutil.rmtree(scratch, ignore_errors=True)
     command = command_line("column_read.py", parser, args)
     lines = [
         f"### Reading one column of a committed output on S3 (moto behind a {args.latency_ms:g} ms proxy) — "

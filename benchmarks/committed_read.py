@@ -21,10 +21,8 @@ import datetime as dt
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -32,8 +30,8 @@ sys.path[:0] = [ROOT, HERE, os.path.join(ROOT, "tests")]
 
 from doc_embeddings import machine, publish  # noqa: E402
 from fixtures.flaky_s3_proxy import FlakyS3Proxy  # noqa: E402
-from object_store import moto_environment, start_moto  # noqa: E402
-from revisions import add_baseline_argument, code_roots, command_line  # noqa: E402
+from object_store import moto_bucket  # noqa: E402
+from revisions import add_baseline_argument, command_line  # noqa: E402
 
 MEASURE = r"""
 import json, sys, time
@@ -56,19 +54,11 @@ def main() -> None:
     add_baseline_argument(parser)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
-    import fsspec
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    scratch = tempfile.mkdtemp(prefix="headrace-committed-read-")
-    server, endpoint = start_moto()
-    env = {**os.environ, **moto_environment(endpoint)}
-    os.environ.update(env)
     rows = []
-    try:
-        codes = code_roots(args.baseline_rev, scratch)
-        fs = fsspec.filesystem("s3", skip_instance_cache=True)
-        fs.mkdir("bench-read")
+    with moto_bucket("bench-read", args.baseline_rev) as (env, fs, codes):
         sink = io.BytesIO()
         pq.write_table(pa.table({"record_id": [f"r{i}" for i in range(10)], "n": list(range(10))}), sink)
         first = dt.date(2025, 1, 1)
@@ -79,7 +69,7 @@ def main() -> None:
             objects[f"{folder}/_SUCCESS"] = json.dumps(
                 {"files": [{"path": "part-00000.parquet", "rows": 10, "bytes": len(sink.getvalue())}]}).encode()
         fs.pipe(objects)
-        with FlakyS3Proxy(endpoint, {}, latency_s=args.latency_ms / 1000) as proxy:
+        with FlakyS3Proxy(env["AWS_ENDPOINT_URL"], {}, latency_s=args.latency_ms / 1000) as proxy:
             for code, code_root in codes.items():
                 before = sum(proxy.counts.values())
                 result = subprocess.run([sys.executable, "-c", MEASURE, code_root, "s3://bench-read/out"],
@@ -92,9 +82,6 @@ def main() -> None:
                 got["requests"] = sum(proxy.counts.values()) - before
                 rows.append((code, got))
                 print(code, got, flush=True)
-    finally:
-        server.terminate()
-        shutil.rmtree(scratch, ignore_errors=True)
     command = command_line("committed_read.py", parser, args)
     lines = [
         f"### Reading every committed date of an output on S3 (moto behind a {args.latency_ms:g} ms proxy) — "

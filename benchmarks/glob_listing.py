@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import shutil
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,8 +31,8 @@ sys.path[:0] = [ROOT, HERE, os.path.join(ROOT, "tests")]
 
 from doc_embeddings import machine, publish  # noqa: E402
 from fixtures.flaky_s3_proxy import FlakyS3Proxy  # noqa: E402
-from object_store import in_steps, moto_environment, start_moto  # noqa: E402
-from revisions import add_baseline_argument, code_roots, command_line  # noqa: E402
+from object_store import in_steps, moto_bucket  # noqa: E402
+from revisions import add_baseline_argument, command_line  # noqa: E402
 
 KINDS = ("warc", "wet", "wat", "robotstxt")
 
@@ -75,17 +73,9 @@ def main() -> None:
     add_baseline_argument(parser)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
-    import fsspec
 
-    scratch = tempfile.mkdtemp(prefix="headrace-glob-listing-")
-    server, endpoint = start_moto()
-    env = {**os.environ, **moto_environment(endpoint)}
-    os.environ.update(env)
     rows = []
-    try:
-        codes = code_roots(args.baseline_rev, scratch)
-        fs = fsspec.filesystem("s3", skip_instance_cache=True)
-        fs.mkdir("bench-glob")
+    with moto_bucket("bench-glob", args.baseline_rev) as (env, fs, codes):
         names = [f"bench-glob/crawl/seg-{s:03d}/{kind}/f-{f:05d}.gz"
                  for s in range(args.segments) for kind in KINDS for f in range(args.files)]
         names += [f"bench-glob/warm/w-{i}.gz" for i in range(3)]
@@ -95,7 +85,7 @@ def main() -> None:
         globs = [("crawl/*/warc/*.gz", args.segments * args.files),
                  ("crawl/seg-00*/warc/*.gz", stem * args.files),
                  ("crawl/**/*.gz", args.segments * args.files * len(KINDS))]
-        with FlakyS3Proxy(endpoint, {}, latency_s=args.latency_ms / 1000) as proxy:
+        with FlakyS3Proxy(env["AWS_ENDPOINT_URL"], {}, latency_s=args.latency_ms / 1000) as proxy:
             proxied = {**env, "AWS_ENDPOINT_URL": proxy.url}
             for glob, expected in globs:
                 for code, code_root in codes.items():
@@ -103,9 +93,6 @@ def main() -> None:
                     assert got["rows"] == expected, (glob, code, got)
                     rows.append((glob, expected, code, got))
                     print(glob, code, got, flush=True)
-    finally:
-        server.terminate()
-        shutil.rmtree(scratch, ignore_errors=True)
     command = command_line("glob_listing.py", parser, args)
     total = args.segments * args.files * len(KINDS)
     lines = [

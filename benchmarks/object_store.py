@@ -15,6 +15,7 @@ overhead on a store (requests, copies, the publish), not a real bucket's speed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -22,6 +23,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,6 +64,29 @@ def start_moto() -> tuple[subprocess.Popen, str]:
             time.sleep(0.2)
     server.kill()
     sys.exit("moto did not start")
+
+
+@contextlib.contextmanager
+def moto_bucket(name: str, baseline_rev: str | None, packages: tuple[str, ...] = ("headrace",)):
+    """A moto server with the bucket ``name``, its settings in this process's environment
+    (and so in its children's): yields (environment, filesystem, {label: code root}, see
+    revisions.code_roots); the server is stopped and the scratch folder removed after."""
+    import fsspec
+
+    from revisions import code_roots
+
+    scratch = tempfile.mkdtemp(prefix=f"headrace-{name}-")
+    server, endpoint = start_moto()
+    env = {**os.environ, **moto_environment(endpoint)}
+    os.environ.update(env)
+    try:
+        codes = code_roots(baseline_rev, scratch, packages)
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        fs.mkdir(name)
+        yield env, fs, codes
+    finally:
+        server.terminate()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def timed(command: list[str], env: dict) -> float:

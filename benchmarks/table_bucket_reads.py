@@ -23,9 +23,7 @@ import datetime as dt
 import io
 import json
 import os
-import shutil
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -33,8 +31,8 @@ sys.path[:0] = [ROOT, HERE, os.path.join(ROOT, "tests")]
 
 from doc_embeddings import machine, publish  # noqa: E402
 from fixtures.flaky_s3_proxy import FlakyS3Proxy  # noqa: E402
-from object_store import in_steps, moto_environment, start_moto  # noqa: E402
-from revisions import add_baseline_argument, code_roots, command_line  # noqa: E402
+from object_store import in_steps, moto_bucket  # noqa: E402
+from revisions import add_baseline_argument, command_line  # noqa: E402
 
 MEASURE = r"""
 import json, sys, time
@@ -92,29 +90,18 @@ def main() -> None:
     add_baseline_argument(parser)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
-    import fsspec
 
-    scratch = tempfile.mkdtemp(prefix="headrace-table-reads-")
-    server, endpoint = start_moto()
-    env = {**os.environ, **moto_environment(endpoint)}
-    os.environ.update(env)
     rows = []
-    try:
-        codes = code_roots(args.baseline_rev, scratch, ("headrace", "stages"))  # the readers live in stages
-        fs = fsspec.filesystem("s3", skip_instance_cache=True)
-        fs.mkdir("bench-tables")
+    with moto_bucket("bench-tables", args.baseline_rev, ("headrace", "stages")) as (env, fs, codes):  # the readers live in stages
         made = files(args.mb)
         fs.pipe({f"bench-tables/{name}": data for name, data in made.items()})
-        with FlakyS3Proxy(endpoint, {}, latency_s=args.latency_ms / 1000) as proxy:
+        with FlakyS3Proxy(env["AWS_ENDPOINT_URL"], {}, latency_s=args.latency_ms / 1000) as proxy:
             proxied = {**env, "AWS_ENDPOINT_URL": proxy.url}
             for name, data in made.items():
                 for code, code_root in codes.items():
                     got = measure(code_root, f"s3://bench-tables/{name}", proxied, proxy)
                     rows.append((name, len(data), code, got))
                     print(name, code, got, flush=True)
-    finally:
-        server.terminate()
-        shutil.rmtree(scratch, ignore_errors=True)
     counts = {name: {got["rows"] for n, _, _, got in rows if n == name} for name in made}
     assert all(len(found) == 1 for found in counts.values()), counts  # every code reads the same rows
     command = command_line("table_bucket_reads.py", parser, args)
